@@ -1,0 +1,187 @@
+"""Command line: `python -m bench generate` (the main job) and `python -m bench references` (the 40 reference images).
+
+argparse only builds the keyword arguments of `generate` and `references`, the functions tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
+from reference.checkpoints import load_models
+from reference.configs import SIZES, ModelConfig
+from reference.images import check_free, write_images
+from reference.pipeline import NOISE_ORDERS, Pipeline
+from reference.prompts import Prompt, default_prompts_path, read_prompts
+
+REFERENCE = "reference"  # the fp32 reference pipeline itself, not an engine
+
+
+def resolve(size: str, device: str) -> tuple[ModelConfig, torch.device]:
+    """`auto`: the full size on a GPU, the tiny one (same architecture) on a CPU."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
+    name = ("full" if dev.type == "cuda" else "tiny") if size == "auto" else size
+    return ModelConfig.from_name(name), dev
+
+
+def make_pipeline(
+    *,
+    size: str = "auto",
+    device: str = "auto",
+    weights: Path | None = None,
+    weights_seed: int = 0,
+    backend: str = REFERENCE,
+    precision: str = "fp32",
+    cuda_graph: bool = False,
+    noise_order: str = "seed",
+    rounding: str = "truncate",
+) -> tuple[Pipeline, dict]:
+    """The reference pipeline, or one whose clip, U-ViT step and decoder are engines of `backend`."""
+    cfg, dev = resolve(size, device)
+    models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
+    meta = {"size": cfg.name, "device": str(dev), "weights": models.weights, "backend": backend, "precision": precision}
+    if backend == REFERENCE:
+        if precision != "fp32" or cuda_graph:
+            raise ValueError("the reference pipeline is strict fp32 without CUDA graphs; pick an engine backend")
+        return Pipeline(models, dev, noise_order=noise_order, rounding=rounding), meta
+    backend = check_backend(backend)
+    engines = {
+        c: build_engine(c, models, backend=backend, precision=precision, cuda_graph=cuda_graph)
+        for c in ("clip", "uvit", "decoder")
+    }
+    meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
+    pipe = Pipeline(
+        models, dev, noise_order=noise_order, rounding=rounding,
+        clip=engines["clip"].output, step=engines["uvit"].output, decoder=engines["decoder"].output,
+    )  # fmt: skip
+    return pipe, meta
+
+
+def _timed(pipe: Pipeline, prompt: str, seed: int) -> tuple[object, float]:
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    result = pipe(prompt, seed)
+    sync()
+    return result, time.perf_counter() - t0
+
+
+def generate(
+    *,
+    prompt: str = "A dog adventuring under the sea",
+    seed: int = 29764,
+    out: Path = Path("outputs"),
+    warmup: int = 1,
+    repeat: int = 3,
+    overwrite: bool = False,
+    **pipeline_options,
+) -> dict:
+    """One image, timed: `warmup` untimed runs, then the median of `repeat` synchronised wall times."""
+    cfg, _ = resolve(pipeline_options.get("size", "auto"), pipeline_options.get("device", "auto"))
+    folder = (
+        Path(out)
+        / f"{cfg.name}-{pipeline_options.get('backend', REFERENCE)}-{pipeline_options.get('precision', 'fp32')}"
+    )
+    check_free(folder, [Prompt(0, seed, prompt)], overwrite=overwrite)
+    pipe, meta = make_pipeline(**pipeline_options)
+    for _ in range(warmup):
+        pipe(prompt, seed)
+    times = []
+    for _ in range(max(repeat, 1)):
+        result, seconds = _timed(pipe, prompt, seed)
+        times.append(seconds)
+    meta = {**meta, "seconds_per_image": times, "median_seconds": statistics.median(times)}
+    write_images(
+        lambda p, s: result, [Prompt(0, seed, prompt)], folder, metadata=meta, overwrite=overwrite, progress=False
+    )
+    meta["folder"] = str(folder)
+    return meta
+
+
+def references(
+    *,
+    out: Path,
+    prompts: Path | None = None,
+    limit: int = 0,
+    overwrite: bool = False,
+    **pipeline_options,
+) -> Path:
+    """The images of every (prompt, seed) of prompts.tsv, or of the first `limit`, with a progress bar."""
+    rows = read_prompts(prompts or default_prompts_path())
+    rows = rows[:limit] if limit else rows
+    check_free(Path(out), rows, overwrite=overwrite)
+    pipe, meta = make_pipeline(**pipeline_options)
+    return write_images(pipe, rows, Path(out), metadata=meta, overwrite=overwrite)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--size", default="auto", choices=["auto", *SIZES], help="Default: %(default)r (full on a GPU, tiny on a CPU)"
+    )
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
+    common.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="official checkpoints; random weights without. Default: %(default)r",
+    )
+    common.add_argument(
+        "--weights-seed", type=int, default=0, metavar="N", help="seed of the random weights. Default: %(default)r"
+    )
+    common.add_argument(
+        "--backend",
+        default=REFERENCE,
+        metavar="NAME",
+        help="'reference' or an engine backend (eager, autocast, inductor). Default: %(default)r",
+    )
+    common.add_argument(
+        "--precision", default="fp32", choices=[p for p in PRECISIONS if p != "fp64"], help="Default: %(default)r"
+    )
+    common.add_argument("--cuda-graph", action="store_true", help="capture each engine in a CUDA graph. Default: off")
+    common.add_argument(
+        "--noise-order", default="seed", choices=NOISE_ORDERS, help="random draw order (SPEC 1.3). Default: %(default)r"
+    )
+    common.add_argument(
+        "--rounding", default="truncate", choices=["truncate", "round"], help="float -> uint8. Default: %(default)r"
+    )
+    common.add_argument("--overwrite", action="store_true", help="replace existing images. Default: off")
+    g = sub.add_parser("generate", parents=[common], help="one image, timed (the main job)")
+    g.add_argument("--prompt", default="A dog adventuring under the sea", help="Default: %(default)r")
+    g.add_argument("--seed", type=int, default=29764, help="Default: %(default)r")
+    g.add_argument("--out", type=Path, default=Path("outputs"), help="Default: %(default)r")
+    g.add_argument("--warmup", type=int, default=1, help="untimed runs first. Default: %(default)r")
+    g.add_argument("--repeat", type=int, default=3, help="timed runs (median reported). Default: %(default)r")
+    r = sub.add_parser("references", parents=[common], help="the images of prompts.tsv, into a folder")
+    r.add_argument("--out", type=Path, required=True, help="folder for PNG, JPEG, latents and manifest.json")
+    r.add_argument("--prompts", type=Path, default=None, help="prompts.tsv (default: shared/ or ../shared/)")
+    r.add_argument("--limit", type=int, default=0, help="only the first N pairs (0: all). Default: %(default)r")
+    return p
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "generate":
+            meta = generate(**args)
+            print(
+                f"{meta['size']} {meta['backend']} {meta['precision']} on {meta['device']} ({meta['weights']}): "
+                f"median {meta['median_seconds']:.3f} s/image over {len(meta['seconds_per_image'])} runs "
+                f"-> {meta['folder']}"
+            )
+        else:
+            print(f"wrote {references(**args)}")
+    except (ValueError, KeyError, OSError, BackendUnavailable) as e:  # the user's input, said plainly
+        parser.exit(2, f"error: {e}\n")

@@ -1,0 +1,51 @@
+"""Facts about the machine, software and weights that every report opens with."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=ROOT).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_commit() -> str:
+    commit = _run(["git", "rev-parse", "--short=12", "HEAD"]) or "unknown"
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return commit + ("+dirty" if dirty else "")
+
+
+def gpu_info() -> dict[str, str]:
+    if not torch.cuda.is_available():
+        return {"gpu": "none (CPU)"}
+    query = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
+    fields = _run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"]).split("\n")[0].split(", ")
+    info = {"gpu": torch.cuda.get_device_name(), "cuda": str(torch.version.cuda)}
+    if len(fields) == 6:
+        info.update(
+            driver=fields[1], sm_clock=fields[2], sm_clock_max=fields[3], mem_clock=fields[4], power_limit=fields[5]
+        )
+    return info
+
+
+def environment(*, weights: str, size: str) -> dict[str, str]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        **gpu_info(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "size": size,
+        "weights": weights,
+    }

@@ -1,0 +1,179 @@
+"""Engines: a component built by a backend at a precision, with or without a CUDA graph, optionally with marks.
+
+    engine = build_engine("uvit", models, backend="inductor", precision="fp16", cuda_graph=True)
+    outputs = engine(**inputs)          # {mark: tensor, ..., "output": tensor}, marks in execution order
+
+Each backend module registers one build function with `@register_engine(name)`; this module validates the request,
+prepares the component (copy, dtype, marks) and hands it over. Nothing here changes reference/.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from engines.components import COMPONENTS, DecodeToImage, Marked, check_component, check_marks, component_module
+from reference.checkpoints import Models
+
+# fp64 exists to measure the fp32 reference's own rounding error (the accuracy suite's noise floor).
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+BACKEND_MODULES = ("eager", "inductor", "trt", "trtllm")  # imported on first use of the registry
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run on this machine; the message says what to install. Tests turn it into a skip."""
+
+
+# backend -> (Python module it needs, how to install it)
+REQUIRES = {
+    "trt": ("tensorrt", "pip install 'unidiffuser-bench[trt]' from NVIDIA's index (pypi.nvidia.com)"),
+    "trtllm": ("tensorrt_llm", "pip install 'unidiffuser-bench[trtllm]' from NVIDIA's index (pypi.nvidia.com)"),
+}
+
+
+def require(backend: str) -> None:
+    """Raise BackendUnavailable, naming what to install, when the backend's package is missing."""
+    if backend in REQUIRES:
+        module, how = REQUIRES[backend]
+        if importlib.util.find_spec(module) is None:
+            raise BackendUnavailable(f"{module} is not installed: {how}")
+
+
+def unavailable(backend: str, *, device: torch.device, precision: str, cuda_graph: bool) -> str | None:
+    """Why this engine cannot be built here, or None: what a test reports as its skip reason."""
+    try:
+        require(check_backend(backend))
+        check_device_support(device, precision=precision, cuda_graph=cuda_graph)
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+@dataclass
+class Engine:
+    name: str  # component/backend/precision[/graph][+options], e.g. "uvit/inductor/fp16/graph"
+    fn: Callable[..., dict[str, Tensor]]
+    component: str
+    backend: str
+    precision: str
+    cuda_graph: bool
+    marks: tuple[str, ...]
+    seconds: dict[str, float] = field(default_factory=dict)  # build, compile, capture: never part of a run time
+    meta: dict[str, object] = field(default_factory=dict)  # backend settings, recorded in reports
+
+    def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
+        return self.fn(**inputs)
+
+    def output(self, **inputs: Tensor) -> Tensor:
+        return self.fn(**inputs)["output"]
+
+    def close(self) -> None:
+        self.fn = _closed
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _closed(**inputs: Tensor) -> dict[str, Tensor]:
+    raise RuntimeError("this engine was closed; build a new one")
+
+
+# name -> build(module, *, precision, device, example_inputs, options) -> (callable, seconds, meta)
+ENGINES: dict[str, Callable] = {}
+ALIASES = {"torch": "eager", "tensorrt": "trt", "tensorrt_llm": "trtllm"}
+
+
+def register_engine(name: str) -> Callable[[Callable], Callable]:
+    def register(build: Callable) -> Callable:
+        ENGINES[name] = build
+        return build
+
+    return register
+
+
+def backends() -> list[str]:
+    for mod in BACKEND_MODULES:
+        importlib.import_module(f"engines.{mod}")
+    return sorted(ENGINES)
+
+
+def check_backend(backend: str) -> str:
+    name = ALIASES.get(backend, backend)
+    if name not in backends():
+        raise ValueError(f"unknown backend {backend!r}; choose from {backends()} (aliases {ALIASES})")
+    return name
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    return precision
+
+
+def check_device_support(device: torch.device, *, precision: str, cuda_graph: bool) -> None:
+    if cuda_graph and device.type != "cuda":
+        raise BackendUnavailable(f"CUDA graphs need a CUDA device; this engine would run on {device.type}")
+    if precision == "fp16" and device.type != "cuda":
+        raise BackendUnavailable("fp16 engines need a CUDA device (CPU kernels for fp16 are slow emulations)")
+
+
+def engine_name(component: str, backend: str, precision: str, cuda_graph: bool, options: dict) -> str:
+    parts = [component, backend, precision] + (["graph"] if cuda_graph else [])
+    extras = [f"{k}={v}" for k, v in sorted(options.items())]
+    return "/".join(parts) + ("+" + ",".join(extras) if extras else "")
+
+
+def build_engine(
+    component: str,
+    models: Models,
+    *,
+    backend: str = "eager",
+    precision: str = "fp32",
+    cuda_graph: bool = False,
+    marks: tuple[str, ...] = (),
+    device: torch.device | str | None = None,
+    postprocess: bool = False,
+    module: nn.Module | None = None,
+    **options: object,
+) -> Engine:
+    """Build `component` of `models` (on their device unless `device` is given).
+
+    `module` replaces the reference component (fault-injection tests pass a perturbed copy); `postprocess` folds the
+    uint8 conversion into the decoder; other `options` go to the backend (e.g. groupnorm="triton", mode="max-autotune").
+    """
+    from engines.components import example_inputs
+
+    check_component(component)
+    backend, precision = check_backend(backend), check_precision(precision)
+    require(backend)
+    source = module if module is not None else component_module(component, models)
+    device = torch.device(device) if device is not None else next(source.parameters()).device
+    check_device_support(device, precision=precision, cuda_graph=cuda_graph)
+    marks = check_marks(component, source, tuple(marks))
+    if postprocess and (component != "decoder" or marks):
+        raise ValueError("postprocess folds uint8 conversion into an unmarked decoder only")
+
+    t0 = time.perf_counter()
+    work = copy.deepcopy(source).to(device).eval().requires_grad_(False)
+    work = DecodeToImage(work) if postprocess else work
+    marked = Marked(work, marks)
+    inputs = example_inputs(component, models.config, device=device)
+    fn, seconds, meta = ENGINES[backend](
+        marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph, options=options
+    )
+    seconds = {"build": time.perf_counter() - t0, **seconds}
+    name = engine_name(component, backend, precision, cuda_graph, {**options, **({"uint8": 1} if postprocess else {})})
+    return Engine(name, fn, component, backend, precision, cuda_graph, marks, seconds, meta)
+
+
+__all__ = ["COMPONENTS", "ENGINES", "PRECISIONS", "BackendUnavailable", "Engine", "build_engine", "register_engine"]

@@ -1,0 +1,61 @@
+"""PyTorch eager: the module run as it is (`eager`), or in fp32 under torch.autocast (`autocast`, the seed's fp16
+baseline for the U-ViT)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from engines import register_engine
+from engines.runtime import cast, finish, take_options
+from reference import autoencoder as ae
+
+
+def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
+    """Replace the reference GroupNorm layers by our Triton kernel (`triton`), or keep them (`torch`)."""
+    if kernel == "torch":
+        return module
+    if kernel != "triton":
+        raise ValueError(f"unknown groupnorm kernel {kernel!r}; choose from ['torch', 'triton']")
+    from plugin.groupnorm import TritonGroupNorm
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ae.GroupNorm):
+                setattr(parent, name, TritonGroupNorm.from_groupnorm(child))
+    return module
+
+
+def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -> tuple[nn.Module, dict]:
+    """The module transforms the eager and inductor backends share; returns the module and what was applied."""
+    opts = take_options(options, {"groupnorm": "torch", "channels_last": False, **EXTRA[backend]}, backend=backend)
+    module = marked if backend == "autocast" else cast(marked, precision)
+    swap_groupnorm(module, opts["groupnorm"])
+    if opts["channels_last"]:
+        module = module.to(memory_format=torch.channels_last)
+    return module, opts
+
+
+EXTRA = {"eager": {}, "autocast": {}, "inductor": {"mode": "default"}}
+
+
+@register_engine("eager")
+def build(marked, *, precision, device, example_inputs, cuda_graph, options):
+    module, opts = prepare(marked, precision=precision, options=options, backend="eager")
+    fn, seconds = finish(module, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph)
+    return fn, seconds, {"backend": "eager", **opts}
+
+
+@register_engine("autocast")
+def build_autocast(marked, *, precision, device, example_inputs, cuda_graph, options):
+    if precision == "fp32":
+        raise ValueError("the autocast backend runs fp32 weights under fp16 or bf16 autocast; choose fp16 or bf16")
+    module, opts = prepare(marked, precision=precision, options=options, backend="autocast")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+    def run(**inputs: Tensor) -> dict[str, Tensor]:
+        with torch.autocast(device.type, dtype=dtype):
+            return module(**inputs)
+
+    fn, seconds = finish(run, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph)
+    return fn, seconds, {"backend": "autocast", "autocast_dtype": precision, **opts}

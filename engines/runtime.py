@@ -1,0 +1,94 @@
+"""What every backend shares: the dtype cast, the precision settings a call runs under, and CUDA-graph capture."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from reference.pipeline import strict_fp32
+
+Fn = Callable[..., dict[str, Tensor]]
+
+
+def cast(module: nn.Module, precision: str) -> nn.Module:
+    from engines import PRECISIONS
+
+    return module.to(PRECISIONS[precision])
+
+
+@contextlib.contextmanager
+def precision_settings(precision: str) -> Iterator[None]:
+    """fp32 engines run in strict IEEE fp32 (no TF32), like the reference they are compared with."""
+    with strict_fp32() if precision == "fp32" else contextlib.nullcontext():
+        yield
+
+
+def under(precision: str, fn: Fn) -> Fn:
+    def run(**inputs: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad(), precision_settings(precision):
+            return fn(**inputs)
+
+    return run
+
+
+def check_inputs(static: dict[str, Tensor], inputs: dict[str, Tensor]) -> None:
+    if inputs.keys() != static.keys():
+        raise ValueError(f"inputs {sorted(inputs)} differ from the engine's {sorted(static)}")
+    for k, v in inputs.items():
+        if v.shape != static[k].shape or v.dtype != static[k].dtype:
+            raise ValueError(
+                f"input {k!r} is {tuple(v.shape)} {v.dtype}; this engine was built for {tuple(static[k].shape)} "
+                f"{static[k].dtype}"
+            )
+
+
+class Graphed:
+    """Capture `fn` once on static input buffers and replay it: warm-up on a side stream, capture, replay.
+
+    Inputs are copied into the static buffers, and outputs are cloned out of the graph's memory, so a caller never
+    holds a tensor that the next replay overwrites.
+    """
+
+    def __init__(self, fn: Fn, example_inputs: dict[str, Tensor], *, warmup: int = 3):
+        self.static_in = {k: v.clone() for k, v in example_inputs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn(**self.static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(**self.static_in)
+        torch.cuda.synchronize()
+
+    def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
+        check_inputs(self.static_in, inputs)
+        for k, v in inputs.items():
+            self.static_in[k].copy_(v)
+        self.graph.replay()
+        return {k: v.clone() for k, v in self.static_out.items()}
+
+
+def finish(
+    fn: Fn, *, precision: str, example_inputs: dict[str, Tensor], cuda_graph: bool
+) -> tuple[Fn, dict[str, float]]:
+    """Wrap `fn` in its precision settings and, if asked, a CUDA graph; returns it with the capture seconds."""
+    fn = under(precision, fn)
+    if not cuda_graph:
+        return fn, {}
+    t0 = time.perf_counter()
+    with torch.no_grad(), precision_settings(precision):
+        graphed = Graphed(fn, example_inputs)
+    return graphed, {"capture": time.perf_counter() - t0}
+
+
+def take_options(options: dict, allowed: dict[str, object], *, backend: str) -> dict[str, object]:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for backend {backend!r}; it accepts {sorted(allowed)}")
+    return {k: options.get(k, default) for k, default in allowed.items()}

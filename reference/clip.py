@@ -1,0 +1,125 @@
+"""CLIP ViT-L/14 text tower (Hugging Face `CLIPTextModel`), its offline BPE tokenizer, and `encode_prefix`.
+
+The BPE merges are data: `data/bpe_simple_vocab_16e6.txt.gz` from the open_clip_torch wheel (MIT licence,
+data/LICENSE-open_clip), the same list OpenAI's CLIP and Hugging Face's vocab.json/merges.txt are built from.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from reference.configs import CLIPConfig
+
+BPE_PATH = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
+_NUM_MERGES = 49152 - 256 - 2  # OpenAI's SimpleTokenizer keeps this many merges (vocab 49408)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The byte -> printable-character table of GPT-2/CLIP byte-level BPE, in vocabulary order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@functools.cache
+def _offline_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    with gzip.open(BPE_PATH, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def load_tokenizer(clip_dir: Path | None = None) -> CLIPTokenizer:
+    """The tokenizer of a local Hugging Face CLIP directory, or the same BPE built from the shipped merges."""
+    if clip_dir is not None:
+        return CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True)
+    vocab, merges = _offline_vocab()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges))
+
+
+def tokenize(tokenizer: CLIPTokenizer, prompts: list[str], *, max_tokens: int = 77) -> Tensor:
+    """(B,) prompts -> (B, 77) ids: BOS ... EOS then EOS as padding, truncated to 77 (no attention mask is used)."""
+    enc = tokenizer(prompts, truncation=True, max_length=max_tokens, padding="max_length", return_tensors="pt")
+    return enc["input_ids"]
+
+
+def hf_config(cfg: CLIPConfig) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.mlp,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=cfg.max_tokens,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.eos_token_id,
+        attn_implementation="eager",  # the explicit softmax path: the oracle must not depend on SDPA's choice
+    )
+
+
+def text_tower(clip: CLIPTextModel) -> nn.Module:
+    """The module holding embeddings, encoder and final_layer_norm: `clip.text_model` in older transformers, `clip`
+    itself in newer ones."""
+    return getattr(clip, "text_model", clip)
+
+
+class TextEncoder(nn.Module):
+    """input_ids (B, 77) -> CLIP last_hidden_state (B, 77, 768) -> encode_prefix -> text condition (B, 77, 64).
+
+    `clip` is the Hugging Face CLIPTextModel; `encode_prefix` is the caption decoder's Linear(768 -> 64).
+    """
+
+    def __init__(self, clip: CLIPTextModel, encode_prefix: nn.Linear):
+        super().__init__()
+        self.clip = clip
+        self.encode_prefix = encode_prefix
+
+    @classmethod
+    def from_config(cls, cfg: CLIPConfig, *, text_dim: int) -> TextEncoder:
+        return cls(CLIPTextModel(hf_config(cfg)), nn.Linear(cfg.width, text_dim))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        hidden = self.clip(input_ids=input_ids).last_hidden_state  # (B, 77, 768)
+        return self.encode_prefix(hidden)  # (B, 77, 64)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """CLIP's own init (Hugging Face `_init_weights`, factor 1) and PyTorch's Linear init, seeded."""
+        w, L = self.clip.config.hidden_size, self.clip.config.num_hidden_layers
+        normal = lambda p, std: p.copy_(torch.randn(p.shape, generator=generator) * std)  # noqa: E731
+        tower = text_tower(self.clip)
+        normal(tower.embeddings.token_embedding.weight, 0.02)
+        normal(tower.embeddings.position_embedding.weight, 0.02)
+        for layer in tower.encoder.layers:
+            a, m = layer.self_attn, layer.mlp
+            for proj in (a.q_proj, a.k_proj, a.v_proj):
+                normal(proj.weight, w**-0.5 * (2 * L) ** -0.5)
+            normal(a.out_proj.weight, w**-0.5)
+            normal(m.fc1.weight, (2 * w) ** -0.5)
+            normal(m.fc2.weight, w**-0.5 * (2 * L) ** -0.5)
+        for mod in self.clip.modules():
+            if isinstance(mod, nn.Linear):
+                mod.bias.zero_()
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.fill_(1.0)
+                mod.bias.zero_()
+        bound = 1 / self.encode_prefix.in_features**0.5
+        for p in (self.encode_prefix.weight, self.encode_prefix.bias):
+            p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)

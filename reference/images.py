@@ -1,0 +1,72 @@
+"""Writing images: one (prompt, seed) at a time, or the whole reference set of prompts.tsv into a folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from reference.prompts import Prompt
+
+JPEG_QUALITY = 95  # OpenCV's imwrite default, which the seed's PD images were written with
+
+
+def image_stem(p: Prompt) -> str:
+    return f"{p.index:02d}_{p.seed}"
+
+
+def outputs_for(folder: Path, p: Prompt) -> list[Path]:
+    stem = folder / image_stem(p)
+    return [stem.with_suffix(".png"), stem.with_suffix(".jpg"), stem.with_suffix(".latents.pt")]
+
+
+def check_free(folder: Path, prompts: Sequence[Prompt], *, overwrite: bool) -> None:
+    """Refuse, before any work, to replace files a previous run wrote, unless asked."""
+    targets = [p for pr in prompts for p in outputs_for(Path(folder), pr)] + [Path(folder) / "manifest.json"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{len(existing)} output files already exist (e.g. {existing[0]}); pass --overwrite to replace them"
+        )
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    """(H, W, 3) uint8 -> PNG, or JPEG at quality 95 when the suffix is .jpg."""
+    img = Image.fromarray(image.numpy())
+    img.save(path, quality=JPEG_QUALITY) if path.suffix == ".jpg" else img.save(path)
+
+
+def write_images(
+    generate: Callable[[str, int], object],
+    prompts: Sequence[Prompt],
+    folder: Path,
+    *,
+    metadata: dict,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run `generate(prompt, seed)` (returning a pipeline `Result`) for each pair; write PNG, JPEG and final latents,
+    and `manifest.json` with `metadata` and per-image seconds. Refuses to touch existing files unless `overwrite`."""
+    if not prompts:
+        raise ValueError("no prompts given: nothing to generate")
+    folder = Path(folder)
+    check_free(folder, prompts, overwrite=overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for p in tqdm(prompts, desc=f"images -> {folder}", disable=not progress):
+        t0 = time.perf_counter()
+        result = generate(p.prompt, p.seed)  # synchronises: the image comes back to the CPU
+        seconds = time.perf_counter() - t0
+        png, jpg, latents = outputs_for(folder, p)
+        save_image(result.image, png)
+        save_image(result.image, jpg)
+        torch.save(result.latents, latents)
+        entries.append({"index": p.index, "seed": p.seed, "prompt": p.prompt, "file": png.name, "seconds": seconds})
+    meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries}
+    (folder / "manifest.json").write_text(json.dumps(meta, indent=2))
+    return folder

@@ -1,0 +1,175 @@
+"""Text-to-image: (prompt, seed) -> uint8 image and final latents, in strict fp32 (SPEC sections 1 and 3).
+
+The three stages are plain callables so that engines can stand in for them with the same keyword inputs:
+    clip(input_ids)                                        -> text condition  (B, 77, 64)
+    step(x, text, text_noise, t_model, alpha, sigma)       -> D(x, t)         (B, 16896)
+    decoder(z)                                             -> image in ~[-1,1] (B, 3, 512, 512)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from reference import dpm_solver
+from reference.autoencoder import to_uint8
+from reference.checkpoints import Models
+from reference.clip import load_tokenizer, tokenize
+from reference.configs import UViTConfig
+from reference.uvit import UViT, upcast
+
+NOISE_ORDERS = ("seed", "upstream")
+GUIDANCE_SCALE = 7.0  # configs/sample_unidiffuser_v1.py: sample.scale
+DATA_TYPE_T2I = 1  # configs/sample_unidiffuser_v1.py: data_type
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """True fp32 matmuls and convolutions (no TF32) while the reference runs; the caller's settings come back after."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    matmul.fp32_precision = conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def split(x: Tensor, cfg: UViTConfig) -> tuple[Tensor, Tensor]:
+    """(B, 16896) -> z (B, 4, 64, 64), clip_img (B, 1, 512)."""
+    z, clip_img = x.split([cfg.in_chans * cfg.img_size**2, cfg.clip_img_dim], dim=1)
+    return z.reshape(-1, cfg.in_chans, cfg.img_size, cfg.img_size), clip_img.reshape(-1, 1, cfg.clip_img_dim)
+
+
+def combine(z: Tensor, clip_img: Tensor) -> Tensor:
+    return torch.cat([z.flatten(1), clip_img.flatten(1)], dim=1)  # (B, 16896)
+
+
+@dataclass(frozen=True)
+class Noise:
+    z: Tensor  # (B, 4, 64, 64)
+    clip_img: Tensor  # (B, 1, 512)
+    text: Tensor  # (calls, B, 77, 64): the fresh uncond text of each model call
+    order: str
+
+
+def draw_noise(
+    cfg: UViTConfig, seed: int, *, device: torch.device, calls: int, batch: int = 1, order: str = "seed"
+) -> Noise:
+    """The random draws of one image from a generator of `device` seeded with `seed`.
+
+    `seed` order (the seed project): z, clip_img, then one text noise per model call. `upstream` order
+    (sample_multi_v1.py) draws one unused (B, 77, 64) tensor after clip_img. Drawing all call noises up front
+    gives the same numbers as drawing them between calls, because nothing else draws from this generator.
+    """
+    if order not in NOISE_ORDERS:
+        raise ValueError(f"unknown noise order {order!r}; choose from {list(NOISE_ORDERS)}")
+    g = torch.Generator(device).manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=g, device=device)  # noqa: E731
+    z = randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+    clip_img = randn(batch, 1, cfg.clip_img_dim)
+    if order == "upstream":
+        randn(batch, cfg.num_text_tokens, cfg.text_dim)
+    text = torch.stack([randn(batch, cfg.num_text_tokens, cfg.text_dim) for _ in range(calls)])
+    return Noise(z, clip_img, text, order)
+
+
+class GuidedStep(nn.Module):
+    """D(x, t) under true-uncond guidance: eps = cond + scale * (cond - uncond), D = (x - sigma eps) / alpha.
+
+    `batched=False` makes the two U-ViT calls one after the other, as upstream; `batched=True` merges them into one
+    batch-2 call, as the seed's engines did.
+    """
+
+    def __init__(self, uvit: UViT, *, batched: bool = False, scale: float = GUIDANCE_SCALE):
+        super().__init__()
+        self.uvit, self.batched, self.scale = uvit, batched, scale
+
+    def forward(
+        self, x: Tensor, text: Tensor, text_noise: Tensor, t_model: Tensor, alpha: Tensor, sigma: Tensor
+    ) -> Tensor:
+        # x (B, X); text, text_noise (B, 77, T); t_model, alpha, sigma (B,)
+        cfg = self.uvit.cfg
+        z, clip_img = split(x, cfg)
+        B = x.shape[0]
+        data_type = torch.full((B,), DATA_TYPE_T2I, dtype=torch.long, device=x.device)
+        t_cond = torch.zeros(B, device=x.device)  # clean text
+        t_uncond = torch.full((B,), float(dpm_solver.N_TRAIN), device=x.device)  # pure-noise text
+        if self.batched:
+            out = self.uvit(
+                torch.cat([z, z]), torch.cat([clip_img, clip_img]), torch.cat([text, text_noise]),
+                torch.cat([t_model, t_model]), torch.cat([t_cond, t_uncond]), torch.cat([data_type, data_type]),
+            )  # fmt: skip
+            cond, uncond = upcast(combine(out[0], out[1])).chunk(2)
+        else:
+            cond = upcast(combine(*self.uvit(z, clip_img, text, t_model, t_cond, data_type)[:2]))
+            uncond = upcast(combine(*self.uvit(z, clip_img, text_noise, t_model, t_uncond, data_type)[:2]))
+        eps = cond + self.scale * (cond - uncond)  # (B, X)
+        return (x - sigma[:, None] * eps) / alpha[:, None]
+
+
+@dataclass
+class Result:
+    image: Tensor  # (H, W, 3) uint8 on the CPU
+    latents: Tensor  # (B, 4, 64, 64) final z, before decoding
+    noise_order: str
+    rounding: str
+
+
+@dataclass
+class Pipeline:
+    """The reference pipeline; pass `clip`, `step` or `decoder` to run an engine in that stage instead."""
+
+    models: Models
+    device: torch.device
+    noise_order: str = "seed"
+    rounding: str = "truncate"
+    clip: Callable[..., Tensor] | None = None
+    step: Callable[..., Tensor] | None = None
+    decoder: Callable[..., Tensor] | None = None
+    plan: dpm_solver.Plan = field(default_factory=dpm_solver.make_plan)
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        self.models.to(self.device)
+        self.tokenizer = load_tokenizer(getattr(self.models, "clip_dir", None))
+        ref_step = GuidedStep(self.models.uvit)
+        self.clip = self.clip or (lambda *, input_ids: self.models.text_encoder(input_ids))
+        self.step = self.step or (lambda **kw: ref_step(**kw))
+        self.decoder = self.decoder or (lambda *, z: self.models.decoder(z))
+        self._sched = [v.to(self.device) for v in (self.plan.t_model, self.plan.alpha, self.plan.sigma)]
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, seed: int, *, progress: bool = False) -> Result:
+        with strict_fp32():
+            return self._run(prompt, seed, progress=progress)
+
+    def _run(self, prompt: str, seed: int, *, progress: bool) -> Result:
+        cfg = self.models.config.uvit
+        ids = tokenize(self.tokenizer, [prompt], max_tokens=cfg.num_text_tokens).to(self.device)  # (1, 77)
+        text = self.clip(input_ids=ids)  # (1, 77, T)
+        noise = draw_noise(cfg, seed, device=self.device, calls=self.plan.calls, order=self.noise_order)
+        t_model, alpha, sigma = self._sched
+        bar = tqdm(total=self.plan.calls, desc="DPM-Solver++", disable=not progress, leave=False)
+
+        def data_prediction(x: Tensor, k: int) -> Tensor:
+            bar.update()
+            return self.step(
+                x=x,
+                text=text,
+                text_noise=noise.text[k],
+                t_model=t_model[k : k + 1],
+                alpha=alpha[k : k + 1],
+                sigma=sigma[k : k + 1],
+            )
+
+        x = dpm_solver.sample(data_prediction, combine(noise.z, noise.clip_img), self.plan)
+        bar.close()
+        z, _ = split(x, cfg)
+        image = to_uint8(self.decoder(z=z), rounding=self.rounding)[0].cpu()  # (H, W, 3)
+        return Result(image, z.float().cpu(), self.noise_order, self.rounding)

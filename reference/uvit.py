@@ -1,0 +1,184 @@
+"""U-ViT noise network of UniDiffuser-v1 (`uvit_multi_post_ln_v1`), plain fp32 PyTorch.
+
+Facts from ../shared/SPEC.md section 2. Attribute names equal the keys of `uvit_v1.pth`, so
+`load_state_dict(strict=True)` needs no key map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reference.configs import UViTConfig
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Raw sinusoid, cos first, always fp32 (timesteps are fractional, e.g. 980.02)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs.to(t.device)[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
+
+
+def unpatchify(x: Tensor, in_chans: int) -> Tensor:
+    """(B, h*w, p*p*C) -> (B, C, h*p, w*p); C varies fastest inside a patch, unlike the conv weight layout."""
+    B, N, P = x.shape
+    p = int(math.isqrt(P // in_chans))
+    h = w = int(math.isqrt(N))
+    if h * w != N or p * p * in_chans != P:
+        raise ValueError(f"cannot unpatchify {tuple(x.shape)} into {in_chans} channels")
+    x = x.reshape(B, h, w, p, p, in_chans)  # B h w p1 p2 C
+    x = x.permute(0, 5, 1, 3, 2, 4)  # B C h p1 w p2
+    return x.reshape(B, in_chans, h * p, w * p)
+
+
+def upcast(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32; fp32 and fp64 unchanged (an fp64 run of the reference must stay fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class LayerNorm(nn.LayerNorm):
+    """Computes in at least fp32 and casts back, whatever dtype the engine runs in."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(upcast(x), self.normalized_shape, upcast(self.weight), upcast(self.bias), self.eps).type_as(
+            x
+        )
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)  # B L K H D
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
+        x = attn.softmax(dim=-1) @ v  # (B, H, L, D)
+        return self.proj(x.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact erf
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Post-LN block; out-blocks (skip=True) first fuse the long skip through `skip_linear` + `norm1`."""
+
+    def __init__(self, cfg: UViTConfig, *, skip: bool = False):
+        super().__init__()
+        D = cfg.embed_dim
+        self.norm1 = LayerNorm(D, eps=cfg.ln_eps) if skip else None
+        self.norm2 = LayerNorm(D, eps=cfg.ln_eps)
+        self.attn = Attention(D, cfg.num_heads)
+        self.norm3 = LayerNorm(D, eps=cfg.ln_eps)
+        self.mlp = Mlp(D, D * cfg.mlp_ratio)
+        self.skip_linear = nn.Linear(2 * D, D) if skip else None
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:  # (B, L, D)
+        if self.skip_linear is not None:
+            x = self.norm1(self.skip_linear(torch.cat([x, skip], dim=-1)))
+        x = self.norm2(x + self.attn(x))
+        return self.norm3(x + self.mlp(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: UViTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, H*W/p^2, D), row-major patches
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class UViT(nn.Module):
+    def __init__(self, cfg: UViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.text_embed = nn.Linear(cfg.text_dim, D)
+        self.text_out = nn.Linear(D, cfg.text_dim)
+        self.clip_img_embed = nn.Linear(cfg.clip_img_dim, D)
+        self.clip_img_out = nn.Linear(D, cfg.clip_img_dim)
+        # No slot for the data-type token here: it is spliced in as `pos_embed_token` (SPEC section 2).
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens - 1, D))
+        self.in_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth // 2))
+        self.mid_block = Block(cfg)
+        self.out_blocks = nn.ModuleList(Block(cfg, skip=True) for _ in range(cfg.depth // 2))
+        self.norm = LayerNorm(D, eps=cfg.ln_eps)
+        self.decoder_pred = nn.Linear(D, cfg.patch_size**2 * cfg.in_chans)
+        self.token_embedding = nn.Embedding(2, D)
+        self.pos_embed_token = nn.Parameter(torch.zeros(1, 1, D))
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Upstream init: trunc_normal(.02) on pos_embed and Linear weights, zero biases, LayerNorm 1/0,
+        token_embedding N(0, 1), pos_embed_token 0; the patch conv keeps PyTorch's default init."""
+        tn = lambda t: t.copy_(_trunc_normal(t.shape, std=0.02, generator=generator))  # noqa: E731
+        tn(self.pos_embed)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                tn(m.weight)
+                nn.init.zeros_(m.bias) if m.bias is not None else None
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        conv = self.patch_embed.proj
+        bound = 1 / math.sqrt(conv.weight[0].numel())  # kaiming_uniform(a=sqrt(5)) and its bias bound
+        conv.weight.copy_(torch.rand(conv.weight.shape, generator=generator) * 2 * bound - bound)
+        conv.bias.copy_(torch.rand(conv.bias.shape, generator=generator) * 2 * bound - bound)
+        self.token_embedding.weight.copy_(torch.randn(self.token_embedding.weight.shape, generator=generator))
+        self.pos_embed_token.zero_()
+
+    def forward(
+        self, img: Tensor, clip_img: Tensor, text: Tensor, t_img: Tensor, t_text: Tensor, data_type: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # img (B, 4, 64, 64), clip_img (B, 1, 512), text (B, 77, 64), t_img/t_text (B,) float, data_type (B,) int
+        cfg, dt = self.cfg, self.pos_embed.dtype
+        img, clip_img, text = img.to(dt), clip_img.to(dt), text.to(dt)  # an engine may run in fp16/bf16
+        img = self.patch_embed(img)  # (B, 1024, D)
+        t_img_token = timestep_embedding(t_img, cfg.embed_dim).to(dt)[:, None]  # (B, 1, D)
+        t_text_token = timestep_embedding(t_text, cfg.embed_dim).to(dt)[:, None]  # (B, 1, D)
+        text = self.text_embed(text)  # (B, 77, D)
+        clip_img = self.clip_img_embed(clip_img)  # (B, 1, D)
+        token_embed = self.token_embedding(data_type)[:, None]  # (B, 1, D)
+        x = torch.cat((t_img_token, t_text_token, token_embed, text, clip_img, img), dim=1)  # (B, 1105, D)
+        pos = self.pos_embed
+        x = x + torch.cat([pos[:, :2], self.pos_embed_token, pos[:, 2:]], dim=1)
+
+        skips = []
+        for blk in self.in_blocks:
+            x = blk(x)
+            skips.append(x)
+        x = self.mid_block(x)
+        for blk in self.out_blocks:
+            x = blk(x, skips.pop())
+        x = self.norm(x)
+
+        n_text, n_img = cfg.num_text_tokens, cfg.num_patches
+        _, _, _, text_out, clip_img_out, img_out = x.split((1, 1, 1, n_text, 1, n_img), dim=1)
+        img_out = unpatchify(self.decoder_pred(img_out), cfg.in_chans)  # (B, 4, 64, 64)
+        return img_out, self.clip_img_out(clip_img_out), self.text_out(text_out)
+
+
+def _trunc_normal(shape: torch.Size, *, std: float, generator: torch.Generator) -> Tensor:
+    """timm's trunc_normal_(std, a=-2, b=2): inverse-CDF sampling of N(0, std) truncated to [-2, 2]."""
+    lo, hi = (1 + math.erf(-2 / std / math.sqrt(2))) / 2, (1 + math.erf(2 / std / math.sqrt(2))) / 2
+    u = torch.rand(shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
+    return (torch.erfinv(2 * u - 1) * std * math.sqrt(2)).clamp(-2, 2).float()
