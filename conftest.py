@@ -11,54 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from engines import ALIASES, PRECISIONS, backends, check_backend, unavailable
-from engines.components import COMPONENTS
+from bench.matrix import AUTO, Matrix, device_from_config, matrix
+from engines import ALIASES, PRECISIONS, backends, unavailable
 from reference.configs import SIZES, ModelConfig
-
-AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    component: str
-    backend: str
-    precision: str
-    cuda_graph: bool
-    options: tuple[tuple[str, object], ...] = ()
-
-    @property
-    def id(self) -> str:  # uvit-inductor-fp16-graph
-        parts = [self.component, self.backend, self.precision] + (["graph"] if self.cuda_graph else [])
-        return "-".join(parts + [f"{k}={v}" for k, v in self.options])
-
-
-@dataclass
-class Matrix:
-    device: torch.device
-    size: str
-    backends: list[str]
-    precisions: list[str]
-    graphs: list[bool]
-    components: list[str] = field(default_factory=lambda: list(COMPONENTS))
-
-    def specs(self) -> list[EngineSpec]:
-        out = []
-        for c in self.components:
-            for b in self.backends:
-                for p in self.precisions:
-                    if b == "autocast" and (p == "fp32" or c != "uvit"):  # the seed's baseline: U-ViT only
-                        continue
-                    for g in self.graphs:
-                        out.append(EngineSpec(c, b, p, g))
-                        if c == "decoder" and self.device.type == "cuda" and p != "fp32" and b in ("eager", "inductor"):
-                            out.append(EngineSpec(c, b, p, g, (("groupnorm", "triton"),)))
-        return out
 
 
 def _choices(kind: str, valid: list[str], *, aliases: dict[str, str] | None = None):
@@ -107,9 +68,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also write the accuracy markdown report (and its PNG) here. Default: %(default)r")  # fmt: skip
     g.addoption("--overwrite-reports", action="store_true", default=False,
                 help="allow --accuracy-report to replace an existing file. Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-set", metavar="SET", default="all", choices=["all", "ladder", "matrix"],
+                help="component benchmarks: the speed-up table's columns (ladder), the engine matrix, or all. "
+                     "Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-rounds", metavar="N", default=0, type=int,
+                help="timed rounds (0: 20 per component and 3 images on a GPU, 2 and 1 on a CPU). "
+                     "Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-warmup", metavar="N", default=-1, type=int,
+                help="untimed rounds first (-1: 3 per component and 1 image on a GPU, 1 and 0 on a CPU). "
+                     "Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-protocol", metavar="NAME", default="quick", choices=["quick", "seed"],
+                help="pipeline images: quick (prompt 0 again and again) or seed (5 warm-up images, then the 40 "
+                     "prompts.tsv pairs, as the original work). Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-xdist", action="store_true", default=False,
+                help="measure in pytest-xdist workers (-n N), one GPU each, each writing <benchmark-json>-gwK.json "
+                     "(pytest-benchmark refuses xdist by default: workers sharing a device disturb each other). "
+                     "Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-images", metavar="DIR", default=Path("results/images"), type=Path,
+                help="where the pipeline benchmarks save their images, a folder per ladder rung. "
+                     "Default: %(default)r")  # fmt: skip
+
+
+def _gpu_count() -> int:
+    """GPUs on the machine, counted without initialising CUDA (which would fix CUDA_VISIBLE_DEVICES too early)."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and config.getoption("--bench-xdist") and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        n = _gpu_count()
+        if n:  # worker gwK sees only GPU K mod n
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker.removeprefix("gw")) % n)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
     config.addinivalue_line("markers", "slow: takes minutes on a CPU")
     report = config.getoption("--accuracy-report")
@@ -117,32 +111,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{report} exists; pass --overwrite-reports to replace it")
 
 
-def _device(config: pytest.Config) -> torch.device:
-    opt = config.getoption("--device")[0]
-    if opt == AUTO:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if opt == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("--device cuda but torch sees no CUDA device")
-    return torch.device(opt)
-
-
-def matrix(config: pytest.Config) -> Matrix:
-    device = _device(config)
-    gpu = device.type == "cuda"
-    pick = lambda opt, gpu_default, cpu_default: (  # noqa: E731
-        (gpu_default if gpu else cpu_default) if config.getoption(opt) == [AUTO] else config.getoption(opt)
-    )
-    graphs = pick("--cuda-graphs", ["both"], ["off"])[0]
-    return Matrix(
-        device=device,
-        size=pick("--size", ["full"], ["tiny"])[0],
-        backends=[
-            check_backend(b)
-            for b in pick("--backends", ["eager", "autocast", "inductor", "trt", "trtllm"], ["eager", "inductor"])
-        ],
-        precisions=pick("--precisions", ["fp32", "fp16", "bf16"], ["fp32", "bf16"]),
-        graphs={"off": [False], "on": [True], "both": [False, True]}[graphs],
-    )
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --bench-xdist, undo pytest-benchmark's xdist switch-off in each worker and give it its own JSON file."""
+    worker, config = os.environ.get("PYTEST_XDIST_WORKER"), session.config
+    bs = getattr(config, "_benchmarksession", None)
+    if worker and bs is not None and config.getoption("--bench-xdist") and not bs.skip:
+        bs.disabled, bs.xdist_warning = False, False
+        if bs.json:
+            bs.json = Path(bs.json).with_name(f"{Path(bs.json).stem}-{worker}.json")
+    if bs is not None and bs.json:
+        Path(bs.json).parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not create it
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -152,7 +130,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    device = _device(config)
+    device = device_from_config(config)
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
@@ -186,6 +164,17 @@ def models(pytestconfig: pytest.Config, model_config: ModelConfig, device: torch
         model_config, weights=pytestconfig.getoption("--weights"), seed=pytestconfig.getoption("--weights-seed")
     )
     return m.to(device)
+
+
+def weights_label(config: pytest.Config) -> str:
+    weights = config.getoption("--weights")
+    return str(weights.resolve()) if weights else f"random (seed {config.getoption('--weights-seed')})"
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    from bench.environment import environment
+
+    machine_info["unidiffuser"] = environment(weights=weights_label(config), size=matrix(config).size)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench generate` (the main job) and `python -m bench references` (the 40 reference images).
+"""Command line: `python -m bench generate` (the main job), `references` (the 40 reference images) and `quality`.
 
 argparse only builds the keyword arguments of `generate` and `references`, the functions tests call.
 """
@@ -6,6 +6,7 @@ argparse only builds the keyword arguments of `generate` and `references`, the f
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -121,6 +122,31 @@ def references(
     return write_images(pipe, rows, Path(out), metadata=meta, overwrite=overwrite)
 
 
+def quality(
+    *,
+    reference: Path,
+    candidates: list[Path],
+    out: Path,
+    inception: Path | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """Image-quality comparisons of each candidate folder against the reference folder, as JSON for `reports pd`."""
+    from bench.environment import environment
+    from bench.quality import compare_folders
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    comparisons = [compare_folders(reference, c, inception_weights=inception, device=dev) for c in candidates]
+    weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"
+    size = comparisons[0]["reference_manifest"].get("size", "unknown") if comparisons else "unknown"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": environment(weights=weights, size=size), "comparisons": comparisons}, indent=1))
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="folder for PNG, JPEG, latents and manifest.json")
     r.add_argument("--prompts", type=Path, default=None, help="prompts.tsv (default: shared/ or ../shared/)")
     r.add_argument("--limit", type=int, default=0, help="only the first N pairs (0: all). Default: %(default)r")
+    q = sub.add_parser("quality", help="compare image folders against a reference folder (PD, PSNR, SSIM, ...)")
+    q.add_argument("--reference", type=Path, required=True, help="folder of reference images (NN_SEED.png/.jpg)")
+    q.add_argument("--candidates", type=Path, nargs="+", required=True, help="folders of images to score")
+    q.add_argument("--inception", type=Path, default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")
     return p
 
 
@@ -174,7 +207,9 @@ def cli(argv: list[str] | None = None) -> None:
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
     try:
-        if command == "generate":
+        if command == "quality":
+            print(f"wrote {quality(**args)}")
+        elif command == "generate":
             meta = generate(**args)
             print(
                 f"{meta['size']} {meta['backend']} {meta['precision']} on {meta['device']} ({meta['weights']}): "

@@ -143,20 +143,22 @@ def build_engine(
     marks: tuple[str, ...] = (),
     device: torch.device | str | None = None,
     postprocess: bool = False,
+    guidance: str = "batched",
     module: nn.Module | None = None,
     **options: object,
 ) -> Engine:
     """Build `component` of `models` (on their device unless `device` is given).
 
     `module` replaces the reference component (fault-injection tests pass a perturbed copy); `postprocess` folds the
-    uint8 conversion into the decoder; other `options` go to the backend (e.g. groupnorm="triton", mode="max-autotune").
+    uint8 conversion into the decoder; `guidance="two-calls"` runs the U-ViT step as upstream does; other `options`
+    go to the backend (e.g. groupnorm="triton", channels_last=True, mode="max-autotune-no-cudagraphs").
     """
     from engines.components import example_inputs
 
     check_component(component)
     backend, precision = check_backend(backend), check_precision(precision)
     require(backend)
-    source = module if module is not None else component_module(component, models)
+    source = module if module is not None else component_module(component, models, guidance=guidance)
     device = torch.device(device) if device is not None else next(source.parameters()).device
     check_device_support(device, precision=precision, cuda_graph=cuda_graph)
     marks = check_marks(component, source, tuple(marks))
@@ -172,7 +174,12 @@ def build_engine(
         marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph, options=options
     )
     seconds = {"build": time.perf_counter() - t0, **seconds}
-    name = engine_name(component, backend, precision, cuda_graph, {**options, **({"uint8": 1} if postprocess else {})})
+    named = {
+        **options,
+        **({"uint8": 1} if postprocess else {}),
+        **({"guidance": guidance} if guidance != "batched" else {}),
+    }
+    name = engine_name(component, backend, precision, cuda_graph, named)
     return Engine(name, fn, component, backend, precision, cuda_graph, marks, seconds, meta)
 
 

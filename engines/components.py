@@ -34,13 +34,18 @@ def check_component(component: str) -> str:
     return component
 
 
-def component_module(component: str, models: Models) -> nn.Module:
+GUIDANCE = ("batched", "two-calls")  # one batch-2 U-ViT call per step (the seed's engines), or upstream's two
+
+
+def component_module(component: str, models: Models, *, guidance: str = "batched") -> nn.Module:
     """The reference module an engine is built from (shared with `models`: engines copy it before changing it)."""
     check_component(component)
+    if guidance not in GUIDANCE:
+        raise ValueError(f"unknown guidance {guidance!r}; choose from {list(GUIDANCE)}")
     if component == "clip":
         return models.text_encoder
     if component == "uvit":
-        return GuidedStep(models.uvit, batched=True)
+        return GuidedStep(models.uvit, batched=guidance == "batched")
     return models.decoder
 
 

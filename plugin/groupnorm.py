@@ -21,8 +21,8 @@ TILE = 4096  # elements per program: (channels of a group, padded to a power of 
 
 
 @triton.jit
-def _partial_stats(x_ptr, mean_ptr, m2_ptr, HW, s_n, s_c, s_p, G: tl.constexpr, CG: tl.constexpr, CG_PAD: tl.constexpr,
-                   BLOCK_P: tl.constexpr, CHUNKS: tl.constexpr):  # fmt: skip
+def _partial_stats(x_ptr, mean_ptr, m2_ptr, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD: tl.constexpr,
+                   BLOCK_P: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)  # over N * G * CHUNKS
     chunk = pid % CHUNKS
     ng = pid // CHUNKS
@@ -40,8 +40,8 @@ def _partial_stats(x_ptr, mean_ptr, m2_ptr, HW, s_n, s_c, s_p, G: tl.constexpr, 
 
 
 @triton.jit
-def _normalize(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, HW, s_n, s_c, s_p, G: tl.constexpr, CG: tl.constexpr,
-               CG_PAD: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
+def _normalize(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD: tl.constexpr,
+               BLOCK_P: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     chunk = pid % CHUNKS
     ng = pid // CHUNKS
@@ -87,7 +87,7 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: fl
     grid = (N * G * CHUNKS,)
     mean = torch.empty(N * G * CHUNKS, device=x.device, dtype=torch.float32)
     m2 = torch.empty_like(mean)
-    _partial_stats[grid](x, mean, m2, HW, s_n, s_c, s_p, G, CG, CG_PAD, BLOCK_P, CHUNKS)
+    _partial_stats[grid](x, mean, m2, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P)
     # Chan et al.: merge equal-count chunks (the last may be short) into per-group mean and variance, in fp32.
     counts = torch.full((CHUNKS,), float(BLOCK_P * CG), device=x.device)
     counts[-1] = float((HW - (CHUNKS - 1) * BLOCK_P) * CG)
@@ -97,7 +97,7 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: fl
     group_m2 = m2.sum(1) + ((mean - group_mean[:, None]) ** 2 * counts).sum(1)
     rstd = torch.rsqrt(group_m2 / total + eps)
     y = torch.empty_like(x)  # keeps x's memory format
-    _normalize[grid](x, y, weight, bias, group_mean, rstd, HW, s_n, s_c, s_p, G, CG, CG_PAD, BLOCK_P, CHUNKS, silu)
+    _normalize[grid](x, y, weight, bias, group_mean, rstd, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P, silu)
     return y
 
 

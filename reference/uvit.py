@@ -18,8 +18,9 @@ from reference.configs import UViTConfig
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Raw sinusoid, cos first, always fp32 (timesteps are fractional, e.g. 980.02)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs.to(t.device)[None]  # (B, half)
+    # made on t's device: a host-to-device copy here would break CUDA-graph capture
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
 
 
@@ -180,5 +181,5 @@ class UViT(nn.Module):
 def _trunc_normal(shape: torch.Size, *, std: float, generator: torch.Generator) -> Tensor:
     """timm's trunc_normal_(std, a=-2, b=2): inverse-CDF sampling of N(0, std) truncated to [-2, 2]."""
     lo, hi = (1 + math.erf(-2 / std / math.sqrt(2))) / 2, (1 + math.erf(2 / std / math.sqrt(2))) / 2
-    u = torch.rand(shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
-    return (torch.erfinv(2 * u - 1) * std * math.sqrt(2)).clamp(-2, 2).float()
+    u = torch.rand(shape, generator=generator) * (hi - lo) + lo
+    return (torch.erfinv(2 * u - 1) * std * math.sqrt(2)).clamp(-2, 2)

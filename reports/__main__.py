@@ -1,4 +1,4 @@
-"""python -m reports accuracy RESULTS.json [...] --out reports/accuracy.md [--overwrite]
+"""python -m reports {accuracy,speedup,pd} RESULTS.json [...] --out reports/NAME.md [--overwrite]
 
 Turns saved results into documents; needs no GPU and no model."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reports import accuracy
+from reports import accuracy, pd, speedup
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,9 +17,18 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("results", type=Path, nargs="+")
     a.add_argument("--out", type=Path, default=Path("reports/accuracy.md"), help="Default: %(default)s")
     a.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
+    s = sub.add_parser("speedup", help="pytest-benchmark JSON from `pytest bench` -> markdown")
+    s.add_argument("results", type=Path, nargs="+")
+    s.add_argument("--out", type=Path, default=Path("reports/speedup.md"), help="Default: %(default)s")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
+    q = sub.add_parser("pd", help="results/quality.json from `python -m bench quality` -> markdown + image grids")
+    q.add_argument("results", type=Path, nargs=1)
+    q.add_argument("--out", type=Path, default=Path("reports/pd.md"), help="Default: %(default)s")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     args = p.parse_args(argv)
+    writer = {"accuracy": accuracy.write_report, "speedup": speedup.write_report, "pd": pd.write_report}[args.kind]
     try:
-        print(f"wrote {accuracy.write_report(args.results, args.out, overwrite=args.overwrite)}")
+        print(f"wrote {writer(args.results, args.out, overwrite=args.overwrite)}")
     except (OSError, ValueError, KeyError) as e:
         p.exit(2, f"error: {e}\n")
 

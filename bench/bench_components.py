@@ -1,0 +1,63 @@
+"""`pytest bench --benchmark-only`: one component, one engine, one measurement.
+
+Ids read component-backend-precision[-graph][-option=value], so `-k "uvit and fp16"` selects any slice. Engines are
+built by a session fixture before timing; build, compile and capture seconds go to extra_info, never into a round.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.flops import component_flops
+from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
+from engines.components import example_inputs
+
+
+def expected_shape(component: str, cfg) -> tuple[int, ...]:
+    u = cfg.uvit
+    return {
+        "clip": (1, u.num_text_tokens, u.text_dim),
+        "uvit": (1, u.x_dim),
+        "decoder": (1, cfg.autoencoder.out_ch, cfg.image_size, cfg.image_size),
+    }[component]
+
+
+@pytest.mark.benchmark(timer=cuda_clock, disable_gc=True)
+def test_component(benchmark, bench_case, engine_for, model_config, device, rounds):
+    component, build = bench_case
+    engine = engine_for(component, build)
+    inputs = example_inputs(component, model_config, device=device)
+    timed = Events(engine.output, device=device, label=engine.name)
+    benchmark.group = component
+    reset_peak_memory(device)
+    out = benchmark.pedantic(
+        timed, kwargs=inputs, rounds=rounds["component"], warmup_rounds=rounds["component_warmup"], iterations=1
+    )
+    # --benchmark-disable makes pedantic a single untimed call: the code path runs, nothing is measured
+    ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
+    flops = component_flops(component, model_config.name, guidance=dict(build.options).get("guidance", "batched"))
+    benchmark.extra_info.update(
+        component=component, case=build.case_id(component), engine=engine.name, backend=build.backend,
+        precision=build.precision,
+        cuda_graph=build.cuda_graph, options=",".join(f"{k}={v}" for k, v in build.options) or "-",
+        size=model_config.name, device=str(device), **ms, flops=flops, tflops=flops / ms["p50_ms"] / 1e9,
+        peak_mib=peak_memory_mib(device), **{f"{k}_s": v for k, v in engine.seconds.items()},
+        fp32_matmul="ieee" if build.precision == "fp32" else "-",
+    )  # fmt: skip
+    assert out.shape == expected_shape(component, model_config)
+    assert torch.isfinite(out.float()).all(), f"{engine.name}: non-finite output"
+
+
+@pytest.mark.gpu
+@pytest.mark.benchmark(timer=cuda_clock, group="peak")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_matmul_peak(benchmark, dtype, rounds):
+    """The measured dense matmul rate the reports divide by (8192^3 on random data, not zeros)."""
+    n = 8192
+    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+    timed = Events(torch.matmul, device=torch.device("cuda"), label="matmul")
+    benchmark.pedantic(timed, args=(a, b), rounds=rounds["component"], warmup_rounds=rounds["component_warmup"])
+    ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
+    benchmark.extra_info.update(component="matmul-peak", precision=str(dtype).split(".")[-1], **ms,
+                                tflops=2 * n**3 / ms["p50_ms"] / 1e9)  # fmt: skip

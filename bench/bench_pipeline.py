@@ -1,0 +1,113 @@
+"""`pytest bench --benchmark-only`: the whole pipeline (clip, 50 guided steps, decoder, uint8) per ladder rung.
+
+pytest-benchmark times each image with a synchronising clock (the wall time); CUDA events around every stage give
+the GPU time of clip, the 50 U-ViT steps and the decoder beside it, and NVTX ranges label them for Nsight Systems.
+`--bench-protocol seed` is the original protocol: 5 warm-up images, then the 40 (prompt, seed) pairs.
+The images are saved (outside the timed region) for the image-quality report (`python -m bench quality`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from bench.flops import pipeline_flops
+from bench.ladder import LADDER
+from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
+from reference.images import outputs_for, save_image
+from reference.pipeline import Pipeline
+from reference.prompts import Prompt, default_prompts_path, read_prompts
+
+WARMUP_IMAGES = 5  # the original protocol
+
+
+def image_plan(protocol: str, *, rounds: int, warmup: int) -> tuple[list[Prompt], int, int]:
+    """(prompts in call order, warm-up count, timed count) for one pipeline benchmark."""
+    if protocol == "seed":
+        rows = read_prompts(default_prompts_path())
+        return rows[:WARMUP_IMAGES] + rows, WARMUP_IMAGES, len(rows)
+    first = (
+        read_prompts(default_prompts_path())[0]
+        if _has_prompts()
+        else Prompt(0, 29764, "A dog adventuring under the sea")
+    )
+    return [first] * (warmup + rounds), warmup, rounds
+
+
+def _has_prompts() -> bool:
+    try:
+        default_prompts_path()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.benchmark(timer=cuda_clock, group="pipeline", disable_gc=True)
+@pytest.mark.parametrize("rung", LADDER, ids=[r.name for r in LADDER])
+def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestconfig):
+    engines = {c: engine_for(c, b) for c, b in rung.builds.items()}
+    stages = {c: Events(e.output, device=device, label=f"{c} {e.name}") for c, e in engines.items()}
+    pipe = Pipeline(models, device, clip=stages["clip"], step=stages["uvit"], decoder=stages["decoder"])
+    prompts, warmup, timed = image_plan(
+        pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"]
+    )
+    queue, results = iter(prompts), []
+
+    def next_image():
+        p = next(queue)
+        return (), {"prompt": p.prompt, "seed": p.seed, "_p": p}
+
+    def one_image(*, prompt, seed, _p):
+        result = pipe(prompt, seed)  # returns after the image is on the host
+        results.append((_p, result))
+        return result
+
+    reset_peak_memory(device)
+    benchmark.pedantic(one_image, setup=next_image, rounds=timed, warmup_rounds=warmup, iterations=1)
+
+    warmup = 0 if benchmark.disabled else warmup  # disabled: one untimed call, nothing skipped
+    calls = pipe.plan.calls
+    per_image = {
+        "clip_ms": stages["clip"].ms(skip=warmup),
+        "decoder_ms": stages["decoder"].ms(skip=warmup),
+        "uvit_ms": [sum(chunk) for chunk in _chunks(stages["uvit"].ms(skip=warmup * calls), calls)],
+    }
+    step_ms = stages["uvit"].ms(skip=warmup * calls)
+    wall_s = float("nan") if benchmark.disabled else benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        rung=rung.name, label=rung.label, size=models.config.name, device=str(device), weights=models.weights,
+        images=timed, warmup_images=warmup, protocol=pytestconfig.getoption("--bench-protocol"),
+        **{k: statistics.median(v) for k, v in per_image.items()},
+        step_p50_ms=summary_ms(step_ms)["p50_ms"], step_p90_ms=summary_ms(step_ms)["p90_ms"],
+        wall_p50_ms=wall_s * 1e3, flops=pipeline_flops(models.config.name), peak_mib=peak_memory_mib(device),
+        engines={c: e.name for c, e in engines.items()},
+        build_seconds={c: e.seconds for c, e in engines.items()},
+        noise_order=pipe.noise_order, rounding=pipe.rounding,
+    )  # fmt: skip
+    _save(pytestconfig.getoption("--bench-images") / rung.name, results[warmup:], benchmark.extra_info)
+    last = results[-1][1]
+    assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
+    assert last.latents.isfinite().all(), f"{rung.name}: non-finite latents"
+
+
+def _chunks(values: list[float], n: int) -> list[list[float]]:
+    return [values[i : i + n] for i in range(0, len(values), n)]
+
+
+def _save(folder, results, info) -> None:
+    """PNG, JPEG (quality 95, what PD is computed on) and latents of each timed image, plus what made them."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seen = set()
+    for p, result in results:
+        if p.index in seen:
+            continue
+        seen.add(p.index)
+        png, jpg, latents = outputs_for(folder, p)
+        save_image(result.image, png)
+        save_image(result.image, jpg)
+        torch.save(result.latents, latents)
+    (folder / "manifest.json").write_text(json.dumps({**info, "files": sorted(seen)}, indent=1, default=str))

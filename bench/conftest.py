@@ -1,0 +1,71 @@
+"""Fixtures of the benchmark suites: engines built once per session (outside every timed region) and round counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ladder import LADDER, Build
+from bench.matrix import matrix
+from engines import BackendUnavailable, build_engine, unavailable
+from engines.components import COMPONENTS
+
+
+def _cases(config: pytest.Config) -> list[tuple[str, Build]]:
+    which = config.getoption("--bench-set")
+    cases: dict[tuple[str, Build], None] = {}
+    if which in ("all", "ladder"):
+        for rung in LADDER:
+            for c in COMPONENTS:
+                cases[(c, rung.builds[c])] = None
+    if which in ("all", "matrix"):
+        for s in matrix(config).specs():
+            cases[(s.component, Build(s.backend, s.precision, s.cuda_graph, s.options))] = None
+    return list(cases)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bench_case" in metafunc.fixturenames:
+        cases = _cases(metafunc.config)
+        metafunc.parametrize("bench_case", cases, ids=[b.case_id(c) for c, b in cases])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    device = matrix(config).device
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        builds = [params["bench_case"][1]] if "bench_case" in params else []
+        builds += list(params["rung"].builds.values()) if "rung" in params else []
+        for b in builds:
+            why = unavailable(b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph)
+            if why:
+                item.add_marker(pytest.mark.skip(reason=why))
+                break
+
+
+@pytest.fixture(scope="session")
+def engine_for(models):
+    """(component, Build) -> Engine, built once per session and shared by component and pipeline benchmarks."""
+    cache = {}
+
+    def get(component: str, build: Build):
+        key = (component, build)
+        if key not in cache:
+            try:
+                cache[key] = build_engine(component, models, **build.kwargs)
+            except BackendUnavailable as e:
+                pytest.skip(str(e))
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def rounds(pytestconfig: pytest.Config, device) -> dict[str, int]:
+    gpu = device.type == "cuda"
+    r, w = pytestconfig.getoption("--bench-rounds"), pytestconfig.getoption("--bench-warmup")
+    return {
+        "component": r or (20 if gpu else 2),
+        "component_warmup": w if w >= 0 else (3 if gpu else 1),
+        "pipeline": r or (3 if gpu else 1),
+        "pipeline_warmup": w if w >= 0 else (1 if gpu else 0),
+    }

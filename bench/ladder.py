@@ -1,0 +1,70 @@
+"""The ablation ladder: the columns of the seed's speed-up table, in order, in one place. Pure data.
+
+Each rung says how each component is built. The first two reproduce the seed's PyTorch columns: the strict-fp32
+reference (U-ViT guidance as two calls, like upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and
+decoder in fp32). The seed's TensorRT columns become the best engine we can run here, Inductor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Build:
+    backend: str
+    precision: str
+    cuda_graph: bool = False
+    options: tuple[tuple[str, object], ...] = ()
+
+    def case_id(self, component: str) -> str:
+        """The benchmark id of this build of `component`: uvit-inductor-fp16-graph[-option=value]."""
+        parts = [component, self.backend, self.precision] + (["graph"] if self.cuda_graph else [])
+        return "-".join(parts + [f"{k}={v}" for k, v in self.options])
+
+    @property
+    def kwargs(self) -> dict:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "cuda_graph": self.cuda_graph,
+            **dict(self.options),
+        }
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    label: str
+    builds: dict[str, Build] = field(default_factory=dict)  # component -> Build
+
+
+def _all(build: Build) -> dict[str, Build]:
+    return {"clip": build, "uvit": build, "decoder": build}
+
+
+TWO_CALLS = (("guidance", "two-calls"),)
+LADDER: list[Rung] = [
+    Rung("pytorch-fp32", "PyTorch-FP32 (reference)", {
+        "clip": Build("eager", "fp32"),
+        "uvit": Build("eager", "fp32", options=TWO_CALLS),
+        "decoder": Build("eager", "fp32"),
+    }),
+    Rung("pytorch-fp16-baseline", "PyTorch-FP16 baseline (U-ViT autocast)", {
+        "clip": Build("eager", "fp32"),
+        "uvit": Build("autocast", "fp16", options=TWO_CALLS),
+        "decoder": Build("eager", "fp32"),
+    }),
+    Rung("inductor-fp32-graph", "Inductor-FP32 + CUDA graph", _all(Build("inductor", "fp32", True))),
+    Rung("inductor-fp16", "Inductor-FP16", _all(Build("inductor", "fp16"))),
+    Rung("inductor-fp16-graph", "Inductor-FP16 + CUDA graph", _all(Build("inductor", "fp16", True))),
+    Rung("eager-fp16-graph", "Eager-FP16 + CUDA graph", _all(Build("eager", "fp16", True))),
+]  # fmt: skip
+BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
+
+
+def rung(name: str) -> Rung:
+    by_name = {r.name: r for r in LADDER}
+    if name not in by_name:
+        raise ValueError(f"unknown ladder rung {name!r}; choose from {list(by_name)}")
+    return by_name[name]

@@ -1,0 +1,65 @@
+"""The command lines: help that says what to do, and bad input answered with one clear line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def bench(pytester):
+    def run(*args):
+        return pytester.run(sys.executable, "-m", "bench", *args)
+
+    return run
+
+
+def test_generate_help_lists_the_options(bench):
+    result = bench("generate", "--help")
+    result.stdout.fnmatch_lines(["*--backend NAME*", "*--precision {fp32,fp16,bf16}*", "*--weights DIR*"])
+    assert result.ret == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--backend", "onnx"], "*unknown backend 'onnx'; choose from*"),
+        (["generate", "--weights", "/nonexistent"], "*weights folder /nonexistent does not exist*"),
+        (["generate", "--precision", "fp16"], "*the reference pipeline is strict fp32*"),
+        (["references", "--out", "x", "--prompts", "/nope.tsv"], "*prompts file /nope.tsv does not exist*"),
+        (["quality", "--reference", "a", "--candidates", "b"], "*share no image*"),
+    ],
+    ids=["backend", "weights", "reference-fp16", "prompts", "quality"],
+)
+def test_bad_input_is_one_clear_line(bench, args, message):
+    result = bench(*args)
+    assert result.ret == 2
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--backends", "onnx", "*unknown backend ?'onnx'?; choose from*"),
+        ("--precisions", "fp8", "*unknown precision ?'fp8'?; choose from*"),
+        ("--size", "huge", "*unknown size ?'huge'?; choose from*"),
+        ("--weights", "/nonexistent", "*weights folder '/nonexistent' does not exist*"),
+    ],
+    ids=["backends", "precisions", "size", "weights"],
+)
+def test_pytest_options_are_validated_at_parse_time(pytester, option, value, message):
+    test_file = Path(__file__).with_name("test_flops.py")
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file), option, value)
+    result.stderr.fnmatch_lines([message])
+    assert result.ret == 4  # usage error: nothing ran
+
+
+def test_pytest_help_documents_the_options(pytester):
+    test_file = Path(__file__).with_name("test_flops.py")
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file), "--help")
+    result.stdout.fnmatch_lines(["*unidiffuser:*", "*--backends=LIST*", "*--accuracy-report=PATH*", "*Default:*"])

@@ -1,0 +1,134 @@
+"""pytest-benchmark JSON (from `pytest bench`) -> reports/speedup.md: the seed's speed-up table, remeasured.
+
+Small pure functions: load_runs(paths) -> DataFrame, speedup_table(df) -> DataFrame, to_markdown(...) -> str.
+Numbers stay numeric until formatting; configuration lives in columns taken from params and extra_info.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.ladder import BASELINE, LADDER
+from reports.common import check_writable, env_header
+
+ROWS = {"clip": "clip + encode_prefix", "uvit": "uvit (one guided step)", "decoder": "decoder", "pipeline": "pipeline"}
+SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, ms
+    "clip": (6.996, 6.936, 1.631),
+    "uvit": (270.409, 211.132, 88.406),
+    "decoder": (258.488, 223.529, 47.137),
+    "pipeline": (13786.638, 10787.720, 4469.315),
+}
+
+
+def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
+    """One row per benchmark (merged over files, e.g. xdist workers or split runs); machine info of the first."""
+    if not paths:
+        raise ValueError("no benchmark JSON files given")
+    rows, machine = [], None
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        machine = machine or data.get("machine_info", {})
+        for b in data["benchmarks"]:
+            info = dict(b.get("extra_info", {}))
+            row = {"name": b["name"], "group": b.get("group"), "wall_median_ms": b["stats"]["median"] * 1e3, **info}
+            rows.append(row)
+    df = pd.DataFrame(rows).drop_duplicates("name", keep="last")
+    return df, machine or {}
+
+
+def _component_ms(df: pd.DataFrame) -> dict[str, float]:
+    comp = df[df["group"].isin(["clip", "uvit", "decoder"])]
+    return dict(zip(comp["case"], comp["p50_ms"], strict=True))
+
+
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows clip/uvit/decoder/pipeline x ladder columns (ms, CUDA-event medians; the pipeline's is the synchronised
+    wall time per image), plus the fastest measured configuration of each row."""
+    by_case = _component_ms(df)
+    pipes = df[df["group"] == "pipeline"].set_index("rung") if "rung" in df else pd.DataFrame()
+    table = {}
+    for rung in LADDER:
+        col = {c: by_case.get(b.case_id(c), float("nan")) for c, b in rung.builds.items()}
+        col["pipeline"] = pipes["wall_p50_ms"].get(rung.name, float("nan")) if len(pipes) else float("nan")
+        table[rung.label] = col
+    out = pd.DataFrame(table).reindex(list(ROWS))
+    best, best_name = {}, {}
+    comp = df[df["group"].isin(["clip", "uvit", "decoder"])]
+    for c in ("clip", "uvit", "decoder"):
+        g = comp[comp["component"] == c]
+        if len(g):
+            i = g["p50_ms"].idxmin()
+            best[c], best_name[c] = g.loc[i, "p50_ms"], g.loc[i, "case"]
+    if len(pipes):
+        best["pipeline"], best_name["pipeline"] = pipes["wall_p50_ms"].min(), pipes["wall_p50_ms"].idxmin()
+    out["best measured"] = pd.Series(best)
+    out["best configuration"] = pd.Series(best_name)
+    return out
+
+
+def speedups(table: pd.DataFrame) -> pd.DataFrame:
+    base = table[next(r.label for r in LADDER if r.name == BASELINE)]
+    numeric = table.drop(columns=["best configuration"])
+    return numeric.rdiv(1.0).mul(base, axis=0)
+
+
+def efficiency(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Achieved TFLOP/s and share of the measured fp16 matmul peak for the U-ViT step and the decoder."""
+    peak = df[(df["group"] == "peak") & (df.get("precision") == "float16")]["tflops"]
+    peak = float(peak.iloc[0]) if len(peak) else float("nan")
+    flops = {c: df[df["group"] == c]["flops"].max() for c in ("uvit", "decoder")}
+    rows = {}
+    for c in ("uvit", "decoder"):
+        ms = table.loc[c].drop("best configuration").astype(float)
+        tflops = flops[c] / ms / 1e9
+        rows[f"{c} TFLOP/s"] = tflops
+        rows[f"{c} share of peak"] = tflops / peak
+    return pd.DataFrame(rows).T, peak
+
+
+def to_markdown(df: pd.DataFrame, env: dict) -> str:
+    table = speedup_table(df)
+    fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
+    fmt_ms["best configuration"] = table["best configuration"].fillna("-")
+    fmt_ms.index = [ROWS[i] for i in table.index]
+    sp = speedups(table).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
+    sp.index = fmt_ms.index
+    eff, peak = efficiency(df, table)
+
+    def cell(v: float, share: bool) -> str:
+        return "-" if pd.isna(v) else f"{v:.1%}" if share else f"{v:.1f}"
+
+    eff = pd.DataFrame({n: row.map(lambda v, s=n.endswith("share of peak"): cell(v, s)) for n, row in eff.iterrows()}).T
+    seed = pd.DataFrame(SEED_A10, index=["PyTorch-FP32", "PyTorch-FP16 baseline", "TRT-FP16+CudaGraph"]).T
+    seed.index = [ROWS[i] for i in seed.index]
+    pipes = df[df["group"] == "pipeline"]
+    stages = pipes.set_index("label")[["clip_ms", "uvit_ms", "step_p50_ms", "decoder_ms", "wall_p50_ms", "peak_mib"]]
+    parts = [
+        env_header("Speed-up table: UniDiffuser t2i, batch 1", env),
+        "Milliseconds. Components: median of CUDA-event times per call after warm-up. Pipeline: median synchronised "
+        "wall time per image (clip, 50 guided U-ViT steps, decoder, uint8 image on the host). fp32 engines run strict "
+        "IEEE fp32 (TF32 off for matmuls and cuDNN convolutions). Build, compile and capture seconds are recorded in "
+        "the benchmark JSON, never in these times.\n",
+        "## Time (ms)\n\n" + fmt_ms.to_markdown() + "\n",
+        f"## Speed-up against {next(r.label for r in LADDER if r.name == BASELINE)}\n\n" + sp.to_markdown() + "\n",
+        f"## Efficiency (measured fp16 matmul peak {peak:.0f} TFLOP/s)\n\n" + eff.to_markdown() + "\n",
+    ]
+    if len(stages):
+        parts.append("## Pipeline stages (GPU ms per image, medians)\n\n" + stages.round(2).to_markdown() + "\n")
+    parts.append("## The seed's table (NVIDIA A10, ms), for comparison\n\n" + seed.to_markdown() + "\n")
+    return "\n".join(parts)
+
+
+def environment_of(machine: dict) -> dict:
+    env = dict(machine.get("unidiffuser", {}))
+    return env or {"machine": machine.get("node", "unknown"), "python": machine.get("python_version", "")}
+
+
+def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Path:
+    df, machine = load_runs(paths)
+    out = check_writable(out, overwrite=overwrite)
+    out.write_text(to_markdown(df, environment_of(machine)))
+    return out

@@ -1,0 +1,47 @@
+"""Reports from real results: a small accuracy run made here, turned into markdown and a plot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.accuracy import load_rows, summary, write_report
+from reports.common import check_writable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def accuracy_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("acc")
+    suite = str(ROOT / "reference/tests/test_accuracy.py")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", suite,
+           "-k", "clip", "--results-dir", str(out), "--accuracy-report", str(out / "accuracy.md")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return out
+
+
+def test_the_suite_writes_the_report_and_its_plot(accuracy_results):
+    md = (accuracy_results / "accuracy.md").read_text()
+    assert md.startswith("# Layer-wise accuracy") and "| weights | random (seed 0)" in md
+    assert "| clip/eager/fp32 " in md and "![relative L2 error by mark](accuracy.png)" in md
+    assert (accuracy_results / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_names_status_and_first_failure(accuracy_results):
+    df, env = load_rows(sorted(accuracy_results.glob("accuracy-*.json")))
+    s = summary(df).set_index("engine")
+    assert s.loc["clip/eager/fp32", "status"] == "pass" and s.loc["clip/eager/fp32", "first failing mark"] == "-"
+    df.loc[(df["engine"] == "clip/eager/bf16") & (df["mark"] == "clip.encoder.layers.1"), "passed"] = False
+    assert summary(df).set_index("engine").loc["clip/eager/bf16", "first failing mark"] == "clip.encoder.layers.1"
+
+
+def test_reports_never_overwrite_unasked(accuracy_results, tmp_path):
+    with pytest.raises(FileExistsError, match="refusing to replace"):
+        check_writable(accuracy_results / "accuracy.md", overwrite=False)
+    out = write_report(sorted(accuracy_results.glob("accuracy-*.json")), tmp_path / "a.md")
+    assert out.exists() and (tmp_path / "a.png").exists()
