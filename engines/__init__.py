@@ -167,6 +167,10 @@ def build_engine(
 
     t0 = time.perf_counter()
     work = copy.deepcopy(source).to(device).eval().requires_grad_(False)
+    if component == "clip" and cuda_graph:
+        # transformers' eager causal mask copies a host scalar to the GPU on every call, which CUDA-graph capture
+        # forbids; SDPA with is_causal needs no mask tensor at all.
+        work.clip.config._attn_implementation = "sdpa"
     work = DecodeToImage(work) if postprocess else work
     marked = Marked(work, marks)
     inputs = example_inputs(component, models.config, device=device)
@@ -174,6 +178,7 @@ def build_engine(
         marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph, options=options
     )
     seconds = {"build": time.perf_counter() - t0, **seconds}
+    meta.update({"clip_attention": "sdpa"} if component == "clip" and cuda_graph else {})
     named = {
         **options,
         **({"uint8": 1} if postprocess else {}),

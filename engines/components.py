@@ -135,7 +135,10 @@ class Marked(nn.Module):
 
     def _recorder(self, mark: str):
         def record(module: nn.Module, args: tuple, out: object) -> None:
-            self._store[mark] = out[0] if isinstance(out, (tuple, list)) else out
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            # A module run twice per call (two-call guidance: cond, then uncond) is marked by both outputs stacked
+            # on the batch axis, the layout of the batched reference.
+            self._store[mark] = torch.cat([self._store[mark], out]) if mark in self._store else out
 
         return record
 

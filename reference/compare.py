@@ -90,7 +90,7 @@ def mark_stats(out: Tensor, ref: Tensor, *, tolerance: Tolerance, floor: float =
     cosine = (a @ b).item() / (run_norm * ref_norm) if run_norm > 0 and ref_norm > 0 else float(run_norm == ref_norm)
     sqnr = 10 * math.log10(ref_norm**2 / err_norm**2) if err_norm > 0 else math.inf
     rel = diff / b.abs().clamp_min(torch.finfo(torch.float64).tiny)  # zeros in the reference are guarded
-    sample = diff if diff.numel() <= _SAMPLE else diff[torch.linspace(0, diff.numel() - 1, _SAMPLE).long()]
+    sample = diff[:: -(-diff.numel() // _SAMPLE)] if diff.numel() else diff  # a strided subsample, for quantiles
     band = tolerance.atol + tolerance.rtol * b.abs()
     bound = max(tolerance.rel_l2, tolerance.k * floor)
     finite = nonfinite == 0
