@@ -23,11 +23,13 @@ from reference.prompts import Prompt, default_prompts_path, read_prompts
 WARMUP_IMAGES = 5  # the original protocol
 
 
-def image_plan(protocol: str, *, rounds: int, warmup: int) -> tuple[list[Prompt], int, int]:
+def image_plan(
+    protocol: str, *, rounds: int, warmup: int, seed_warmup: int = WARMUP_IMAGES
+) -> tuple[list[Prompt], int, int]:
     """(prompts in call order, warm-up count, timed count) for one pipeline benchmark."""
     if protocol == "seed":
         rows = read_prompts(default_prompts_path())
-        return rows[:WARMUP_IMAGES] + rows, WARMUP_IMAGES, len(rows)
+        return rows[:seed_warmup] + rows, seed_warmup, len(rows)
     first = (
         read_prompts(default_prompts_path())[0]
         if _has_prompts()
@@ -50,9 +52,11 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
     engines = {c: engine_for(c, b) for c, b in rung.builds.items()}
     stages = {c: Events(e.output, device=device, label=f"{c} {e.name}") for c, e in engines.items()}
     pipe = Pipeline(models, device, clip=stages["clip"], step=stages["uvit"], decoder=stages["decoder"])
+    asked = pytestconfig.getoption("--bench-warmup")  # the seed protocol warms up on 5 images unless told otherwise
     prompts, warmup, timed = image_plan(
-        pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"]
-    )
+        pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"],
+        seed_warmup=asked if asked >= 0 else WARMUP_IMAGES,
+    )  # fmt: skip
     queue, results = iter(prompts), []
 
     def next_image():

@@ -22,7 +22,9 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, ae.GroupNorm):
-                setattr(parent, name, TritonGroupNorm.from_groupnorm(child))
+                kernel_gn = TritonGroupNorm.from_groupnorm(child)
+                kernel_gn._forward_hooks = child._forward_hooks  # a mark on the layer stays on it
+                setattr(parent, name, kernel_gn)
     return module
 
 

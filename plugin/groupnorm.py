@@ -88,13 +88,14 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: fl
     mean = torch.empty(N * G * CHUNKS, device=x.device, dtype=torch.float32)
     m2 = torch.empty_like(mean)
     _partial_stats[grid](x, mean, m2, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P)
-    # Chan et al.: merge equal-count chunks (the last may be short) into per-group mean and variance, in fp32.
-    counts = torch.full((CHUNKS,), float(BLOCK_P * CG), device=x.device)
-    counts[-1] = float((HW - (CHUNKS - 1) * BLOCK_P) * CG)
+    # Chan et al.: merge the chunks (all of n_full elements but the last, of n_last) into per-group mean and
+    # variance, in fp32. Counts stay host scalars: a host-to-device copy would break CUDA-graph capture.
+    n_full, n_last = float(BLOCK_P * CG), float((HW - (CHUNKS - 1) * BLOCK_P) * CG)
+    total = n_full * (CHUNKS - 1) + n_last
     mean, m2 = mean.view(N * G, CHUNKS), m2.view(N * G, CHUNKS)
-    total = counts.sum()
-    group_mean = (mean * counts).sum(1) / total  # (N*G,)
-    group_m2 = m2.sum(1) + ((mean - group_mean[:, None]) ** 2 * counts).sum(1)
+    group_mean = (mean[:, :-1].sum(1) * n_full + mean[:, -1] * n_last) / total  # (N*G,)
+    sq = (mean - group_mean[:, None]) ** 2
+    group_m2 = m2.sum(1) + sq[:, :-1].sum(1) * n_full + sq[:, -1] * n_last
     rstd = torch.rsqrt(group_m2 / total + eps)
     y = torch.empty_like(x)  # keeps x's memory format
     _normalize[grid](x, y, weight, bias, group_mean, rstd, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P, silu)

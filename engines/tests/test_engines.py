@@ -120,10 +120,13 @@ def test_cuda_graph_replays_match_and_never_alias(cpu_models, component):
     eager = build_engine(component, models, precision="fp16")
     graphed = build_engine(component, models, precision="fp16", cuda_graph=True)
     first = graphed(**inputs)["output"]
-    torch.testing.assert_close(first, eager(**inputs)["output"], rtol=0, atol=0)
+    kept = first.clone()
+    # CLIP under a graph uses SDPA instead of transformers' eager mask (engines.build_engine): close, not equal
+    exact = component != "clip"
+    torch.testing.assert_close(first, eager(**inputs)["output"], **({"rtol": 0, "atol": 0} if exact else {}))
     other = {k: (v + 1 if v.is_floating_point() else v.flip(-1)) for k, v in inputs.items()}
-    graphed(**other)
-    torch.testing.assert_close(first, eager(**inputs)["output"], rtol=0, atol=0)  # not overwritten by the replay
+    assert not torch.equal(graphed(**other)["output"], first)
+    assert torch.equal(first, kept)  # the replay with other inputs did not overwrite what the caller holds
     assert graphed.seconds["capture"] > 0
     with pytest.raises(ValueError, match="this engine was built for"):
         graphed(**{k: torch.cat([v, v]) for k, v in inputs.items()})
