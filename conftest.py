@@ -115,12 +115,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """With --bench-xdist, undo pytest-benchmark's xdist switch-off in each worker and give it its own JSON file."""
     worker, config = os.environ.get("PYTEST_XDIST_WORKER"), session.config
     bs = getattr(config, "_benchmarksession", None)
-    if worker and bs is not None and config.getoption("--bench-xdist") and not bs.skip:
+    if bs is None or not bs.json:
+        return
+    # pytest-benchmark < 5.3 hands over an open file (argparse.FileType), later releases a Path
+    opened = hasattr(bs.json, "write")
+    path = Path(bs.json.name if opened else bs.json)
+    path.parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not create it
+    if worker and config.getoption("--bench-xdist") and not bs.skip:
         bs.disabled, bs.xdist_warning = False, False
-        if bs.json:
-            bs.json = Path(bs.json).with_name(f"{Path(bs.json).stem}-{worker}.json")
-    if bs is not None and bs.json:
-        Path(bs.json).parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not create it
+        mine = path.with_name(f"{path.stem}-{worker}.json")
+        if opened:  # every worker opened (and emptied) the shared name: write elsewhere and drop it
+            bs.json.close()
+            path.unlink(missing_ok=True)
+            bs.json = mine.open("wb")
+        else:
+            bs.json = mine
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
