@@ -167,9 +167,11 @@ def build_engine(
 
     t0 = time.perf_counter()
     work = copy.deepcopy(source).to(device).eval().requires_grad_(False)
-    if component == "clip" and cuda_graph:
+    sdpa_clip = component == "clip" and cuda_graph and backend in ("eager", "autocast")
+    if sdpa_clip:
         # transformers' eager causal mask copies a host scalar to the GPU on every call, which CUDA-graph capture
-        # forbids; SDPA with is_causal needs no mask tensor at all.
+        # forbids; SDPA with is_causal needs no mask tensor. (Inductor folds the mask into constants; with SDPA it
+        # hit a device-side index assert on the H100, so compiled builds keep the eager mask.)
         work.clip.config._attn_implementation = "sdpa"
     work = DecodeToImage(work) if postprocess else work
     marked = Marked(work, marks)
@@ -178,7 +180,7 @@ def build_engine(
         marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph, options=options
     )
     seconds = {"build": time.perf_counter() - t0, **seconds}
-    meta.update({"clip_attention": "sdpa"} if component == "clip" and cuda_graph else {})
+    meta.update({"clip_attention": "sdpa"} if sdpa_clip else {})
     named = {
         **options,
         **({"uint8": 1} if postprocess else {}),

@@ -121,7 +121,7 @@ def test_cuda_graph_replays_match_and_never_alias(cpu_models, component):
     graphed = build_engine(component, models, precision="fp16", cuda_graph=True)
     first = graphed(**inputs)["output"]
     kept = first.clone()
-    # CLIP under a graph uses SDPA instead of transformers' eager mask (engines.build_engine): close, not equal
+    # eager CLIP under a graph uses SDPA instead of transformers' eager mask (engines.build_engine): close, not equal
     exact = component != "clip"
     tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-2, "atol": 1e-2}
     torch.testing.assert_close(first, eager(**inputs)["output"], **tol)
