@@ -80,6 +80,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-protocol", metavar="NAME", default="quick", choices=["quick", "seed"],
                 help="pipeline images: quick (prompt 0 again and again) or seed (5 warm-up images, then the 40 "
                      "prompts.tsv pairs, as the original work). Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-limit", metavar="N", default=0, type=int,
+                help="seed protocol: time only the first N pairs of prompts.tsv (0: all 40). Default: %(default)r")  # fmt: skip
     g.addoption("--bench-xdist", action="store_true", default=False,
                 help="measure in pytest-xdist workers (-n N), one GPU each, each writing <benchmark-json>-gwK.json "
                      "(pytest-benchmark refuses xdist by default: workers sharing a device disturb each other). "
