@@ -24,11 +24,12 @@ WARMUP_IMAGES = 5  # the original protocol
 
 
 def image_plan(
-    protocol: str, *, rounds: int, warmup: int, seed_warmup: int = WARMUP_IMAGES
+    protocol: str, *, rounds: int, warmup: int, seed_warmup: int = WARMUP_IMAGES, limit: int = 0
 ) -> tuple[list[Prompt], int, int]:
     """(prompts in call order, warm-up count, timed count) for one pipeline benchmark."""
     if protocol == "seed":
         rows = read_prompts(default_prompts_path())
+        rows = rows[:limit] if limit else rows
         return rows[:seed_warmup] + rows, seed_warmup, len(rows)
     first = (
         read_prompts(default_prompts_path())[0]
@@ -55,7 +56,7 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
     asked = pytestconfig.getoption("--bench-warmup")  # the seed protocol warms up on 5 images unless told otherwise
     prompts, warmup, timed = image_plan(
         pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"],
-        seed_warmup=asked if asked >= 0 else WARMUP_IMAGES,
+        seed_warmup=asked if asked >= 0 else WARMUP_IMAGES, limit=pytestconfig.getoption("--bench-limit"),
     )  # fmt: skip
     queue, results = iter(prompts), []
 
