@@ -81,7 +81,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="pipeline images: quick (prompt 0 again and again) or seed (5 warm-up images, then the 40 "
                      "prompts.tsv pairs, as the original work). Default: %(default)r")  # fmt: skip
     g.addoption("--bench-limit", metavar="N", default=0, type=int,
-                help="seed protocol: time only the first N pairs of prompts.tsv (0: all 40). Default: %(default)r")  # fmt: skip
+                help="seed protocol: time only the first N pairs of prompts.tsv (0: all 40). "
+                     "Default: %(default)r")  # fmt: skip
     g.addoption("--bench-xdist", action="store_true", default=False,
                 help="measure in pytest-xdist workers (-n N), one GPU each, each writing <benchmark-json>-gwK.json "
                      "(pytest-benchmark refuses xdist by default: workers sharing a device disturb each other). "
@@ -147,7 +148,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
         spec = item.callspec.params.get("engine_spec") if hasattr(item, "callspec") else None
         if spec is not None:
-            why = unavailable(spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph)
+            why = unavailable(
+                spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph,
+                component=spec.component,
+            )  # fmt: skip
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
 

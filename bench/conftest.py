@@ -33,10 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     device = matrix(config).device
     for item in items:
         params = item.callspec.params if hasattr(item, "callspec") else {}
-        builds = [params["bench_case"][1]] if "bench_case" in params else []
-        builds += list(params["rung"].builds.values()) if "rung" in params else []
-        for b in builds:
-            why = unavailable(b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph)
+        builds = [params["bench_case"]] if "bench_case" in params else []
+        builds += list(params["rung"].builds.items()) if "rung" in params else []
+        for component, b in builds:
+            why = unavailable(
+                b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph, component=component
+            )
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -20,7 +21,8 @@ def _run(cmd: list[str]) -> str:
 
 
 def git_commit() -> str:
-    commit = _run(["git", "rev-parse", "--short=12", "HEAD"]) or "unknown"
+    """The checkout's commit; where the tree is a copy without .git (the lent GPU), UNIDIFFUSER_COMMIT says it."""
+    commit = _run(["git", "rev-parse", "--short=12", "HEAD"]) or os.environ.get("UNIDIFFUSER_COMMIT", "unknown")
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     return commit + ("+dirty" if dirty else "")
 

@@ -105,7 +105,8 @@ def to_markdown(df: pd.DataFrame, env: dict) -> str:
     seed = pd.DataFrame(SEED_A10, index=["PyTorch-FP32", "PyTorch-FP16 baseline", "TRT-FP16+CudaGraph"]).T
     seed.index = [ROWS[i] for i in seed.index]
     pipes = df[df["group"] == "pipeline"]
-    stages = pipes.set_index("label")[["clip_ms", "uvit_ms", "step_p50_ms", "decoder_ms", "wall_p50_ms", "peak_mib"]]
+    cols = ["protocol", "images", "clip_ms", "uvit_ms", "step_p50_ms", "decoder_ms", "wall_p50_ms", "peak_mib"]
+    stages = pipes.set_index("label")[cols]
     parts = [
         env_header("Speed-up table: UniDiffuser t2i, batch 1", env),
         "Milliseconds. Components: median of CUDA-event times per call after warm-up. Pipeline: median synchronised "
@@ -117,7 +118,12 @@ def to_markdown(df: pd.DataFrame, env: dict) -> str:
         f"## Efficiency (measured fp16 matmul peak {peak:.0f} TFLOP/s)\n\n" + eff.to_markdown() + "\n",
     ]
     if len(stages):
-        parts.append("## Pipeline stages (GPU ms per image, medians)\n\n" + stages.round(2).to_markdown() + "\n")
+        parts.append(
+            "## Pipeline stages (GPU ms per image, medians)\n\n`seed` protocol: warm-up images, then the "
+            "(prompt, seed) pairs of prompts.tsv; `quick`: prompt 0 repeated.\n\n"
+            + stages.round(2).to_markdown()
+            + "\n"
+        )
     parts.append("## The seed's table (NVIDIA A10, ms), for comparison\n\n" + seed.to_markdown() + "\n")
     return "\n".join(parts)
 
