@@ -54,6 +54,7 @@ class Models:
     uvit: UViT
     decoder: AutoencoderDecoder
     weights: str
+    clip_dir: Path | None = None  # the tokenizer comes from here when real weights are loaded
 
     def to(self, device: torch.device | str) -> Models:
         for m in (self.text_encoder, self.uvit, self.decoder):
@@ -151,7 +152,7 @@ def load_models(cfg: ModelConfig, *, weights: Path | None = None, seed: int = 0)
     _load_into(AUTOENCODER_FILE, decoder, folder)
     _load_into(CAPTION_FILE, caption, folder)
     text_encoder = TextEncoder(load_clip(folder, cfg), caption["encode_prefix"])
-    return Models(cfg, text_encoder, uvit, decoder, weights=str(folder.resolve())).to("cpu")
+    return Models(cfg, text_encoder, uvit, decoder, weights=str(folder.resolve()), clip_dir=folder / CLIP_DIR).to("cpu")
 
 
 def write_checkpoints(models: Models, folder: Path, *, overwrite: bool = False) -> Path:

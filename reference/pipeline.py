@@ -137,7 +137,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
         self.models.to(self.device)
-        self.tokenizer = load_tokenizer(getattr(self.models, "clip_dir", None))
+        self.tokenizer = load_tokenizer(self.models.clip_dir)
         ref_step = GuidedStep(self.models.uvit)
         self.clip = self.clip or (lambda *, input_ids: self.models.text_encoder(input_ids))
         self.step = self.step or (lambda **kw: ref_step(**kw))

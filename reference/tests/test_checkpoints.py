@@ -45,6 +45,15 @@ def test_round_trip_in_the_official_layout(written):
     assert "random" in models.weights
 
 
+def test_real_weights_bring_their_tokenizer(written):
+    from reference.clip import load_tokenizer, tokenize
+
+    loaded = load_models(TINY, weights=written[1])
+    assert loaded.clip_dir == written[1] / CLIP_DIR and load_models(TINY).clip_dir is None
+    prompt = ["a photo of a cat"]
+    assert torch.equal(tokenize(load_tokenizer(loaded.clip_dir), prompt), tokenize(load_tokenizer(), prompt))
+
+
 def test_official_key_layout(written):
     _, folder = written
     caption = torch.load(folder / CAPTION_FILE, weights_only=True)
@@ -171,3 +180,12 @@ def test_random_weights_are_seeded():
     a, b, c = (load_models(TINY, seed=s) for s in (0, 0, 1))
     assert torch.equal(a.uvit.pos_embed, b.uvit.pos_embed)
     assert not torch.equal(a.uvit.pos_embed, c.uvit.pos_embed)
+
+
+def test_pipeline_on_loaded_weights_reproduces_the_original(written):
+    from reference.pipeline import Pipeline
+
+    models, folder = written
+    a = Pipeline(load_models(TINY, weights=folder), device="cpu")("A cat under the sea", 13244)
+    b = Pipeline(models, device="cpu")("A cat under the sea", 13244)
+    assert torch.equal(a.image, b.image) and torch.equal(a.latents, b.latents)
