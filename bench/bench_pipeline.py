@@ -16,7 +16,7 @@ import pytest
 from bench.flops import pipeline_flops
 from bench.ladder import LADDER
 from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
-from reference.images import outputs_for, save_image
+from reference.images import save_result
 from reference.pipeline import Pipeline
 from reference.prompts import Prompt, default_prompts_path, read_prompts
 
@@ -102,17 +102,11 @@ def _chunks(values: list[float], n: int) -> list[list[float]]:
 
 
 def _save(folder, results, info) -> None:
-    """PNG, JPEG (quality 95, what PD is computed on) and latents of each timed image, plus what made them."""
-    import torch
-
+    """Each timed image (reference.images.save_result), plus what made them."""
     folder.mkdir(parents=True, exist_ok=True)
     seen = set()
     for p, result in results:
-        if p.index in seen:
-            continue
-        seen.add(p.index)
-        png, jpg, latents = outputs_for(folder, p)
-        save_image(result.image, png)
-        save_image(result.image, jpg)
-        torch.save(result.latents, latents)
+        if p.index not in seen:
+            seen.add(p.index)
+            save_result(folder, p, result)
     (folder / "manifest.json").write_text(json.dumps({**info, "files": sorted(seen)}, indent=1, default=str))

@@ -41,6 +41,15 @@ def save_image(image: torch.Tensor, path: Path) -> None:
     img.save(path, quality=JPEG_QUALITY) if path.suffix == ".jpg" else img.save(path)
 
 
+def save_result(folder: Path, p: Prompt, result) -> Path:
+    """One pipeline `Result` as PNG, JPEG (quality 95, what PD is computed on) and final latents; returns the PNG."""
+    png, jpg, latents = outputs_for(Path(folder), p)
+    save_image(result.image, png)
+    save_image(result.image, jpg)
+    torch.save(result.latents, latents)
+    return png
+
+
 def write_images(
     generate: Callable[[str, int], object],
     prompts: Sequence[Prompt],
@@ -62,10 +71,7 @@ def write_images(
         t0 = time.perf_counter()
         result = generate(p.prompt, p.seed)  # synchronises: the image comes back to the CPU
         seconds = time.perf_counter() - t0
-        png, jpg, latents = outputs_for(folder, p)
-        save_image(result.image, png)
-        save_image(result.image, jpg)
-        torch.save(result.latents, latents)
+        png = save_result(folder, p, result)
         entries.append({"index": p.index, "seed": p.seed, "prompt": p.prompt, "file": png.name, "seconds": seconds})
     meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries}
     (folder / "manifest.json").write_text(json.dumps(meta, indent=2))
