@@ -1,9 +1,10 @@
 """Command-line options and shared fixtures of every suite (`pytest reference`, `pytest bench`, the unit tests).
 
 The engine matrix a run covers is what the machine supports unless options narrow it:
-    CPU: tiny size, backends eager + inductor, fp32 + bf16, no CUDA graphs
-    GPU: full size, backends eager + autocast + inductor (+ trt/trtllm, which skip when not installed),
-         fp32 + fp16 + bf16, with and without CUDA graphs, and the decoder with and without the Triton GroupNorm.
+    CPU: tiny size, backends eager + inductor + onnxruntime, fp32 + bf16, no CUDA graphs
+    GPU: full size, backends eager + autocast + inductor + onnxruntime (+ trt/trtllm, which skip when not installed),
+         fp32 + fp16 + bf16, with and without CUDA graphs, fp16/bf16 engines also with fused attention (SDPA), and
+         the decoder also channels_last with the Triton GroupNorm.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help=f"comma-separated engines from {backends()}. Default: %(default)r")  # fmt: skip
     precisions = [p for p in PRECISIONS if p != "fp64"]
     g.addoption("--precisions", metavar="LIST", default=AUTO, type=_choices("precision", precisions),
-                help="comma-separated fp32, fp16, bf16. Default: %(default)r")  # fmt: skip
+                help="comma-separated fp32, fp16, bf16, fp8 (U-ViT only). Default: %(default)r")  # fmt: skip
     g.addoption("--cuda-graphs", metavar="MODE", default=AUTO, type=_choices("cuda-graph mode", ["off", "on", "both"]),
                 help="off, on or both (both on a GPU, off on a CPU). Default: %(default)r")  # fmt: skip
     g.addoption("--results-dir", metavar="DIR", default="results", type=Path,
@@ -148,10 +149,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
         spec = item.callspec.params.get("engine_spec") if hasattr(item, "callspec") else None
         if spec is not None:
-            why = unavailable(
-                spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph,
-                component=spec.component,
-            )  # fmt: skip
+            why = unavailable(spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph)
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
 

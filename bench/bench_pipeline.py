@@ -14,7 +14,8 @@ import statistics
 import pytest
 
 from bench.flops import pipeline_flops
-from bench.ladder import LADDER
+from bench.ladder import LADDER, rung_engines
+from bench.ladder import stages as pipeline_stages
 from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
 from reference.images import save_result
 from reference.pipeline import Pipeline
@@ -50,9 +51,9 @@ def _has_prompts() -> bool:
 @pytest.mark.benchmark(timer=cuda_clock, group="pipeline", disable_gc=True)
 @pytest.mark.parametrize("rung", LADDER, ids=[r.name for r in LADDER])
 def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestconfig):
-    engines = {c: engine_for(c, b) for c, b in rung.builds.items()}
+    engines = rung_engines(rung, engine_for)  # under rung.loop, the U-ViT stage is the whole solver loop
     stages = {c: Events(e.output, device=device, label=f"{c} {e.name}") for c, e in engines.items()}
-    pipe = Pipeline(models, device, clip=stages["clip"], step=stages["uvit"], decoder=stages["decoder"])
+    pipe = Pipeline(models, device, **pipeline_stages(rung, stages))
     asked = pytestconfig.getoption("--bench-warmup")  # the seed protocol warms up on 5 images unless told otherwise
     prompts, warmup, timed = image_plan(
         pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"],
@@ -74,12 +75,14 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
 
     warmup = 0 if benchmark.disabled else warmup  # disabled: one untimed call, nothing skipped
     calls = pipe.plan.calls
+    per_call = 1 if rung.loop else calls  # U-ViT stage events per image
     per_image = {
         "clip_ms": stages["clip"].ms(skip=warmup),
         "decoder_ms": stages["decoder"].ms(skip=warmup),
-        "uvit_ms": [sum(chunk) for chunk in _chunks(stages["uvit"].ms(skip=warmup * calls), calls)],
+        "uvit_ms": [sum(chunk) for chunk in _chunks(stages["uvit"].ms(skip=warmup * per_call), per_call)],
     }
-    step_ms = stages["uvit"].ms(skip=warmup * calls)
+    # inside a whole-loop graph a step is not timed on its own: its time is the loop's over the number of calls
+    step_ms = [ms / calls for ms in per_image["uvit_ms"]] if rung.loop else stages["uvit"].ms(skip=warmup * calls)
     wall_s = float("nan") if benchmark.disabled else benchmark.stats.stats.median
     benchmark.extra_info.update(
         rung=rung.name, label=rung.label, size=models.config.name, device=str(device), weights=models.weights,

@@ -1,4 +1,5 @@
-"""Command line: `python -m bench generate` (the main job), `references` (the 40 reference images) and `quality`.
+"""Command line: `python -m bench generate` (the main job), `references` (the 40 reference images), `quality` and
+`profile` (where one engine's GPU time goes).
 
 argparse only builds the keyword arguments of `generate` and `references`, the functions tests call.
 """
@@ -9,11 +10,14 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from bench import ladder
 from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
+from engines.sampler import build_sampler
 from reference.checkpoints import load_models
 from reference.configs import SIZES, ModelConfig
 from reference.images import check_free, write_images
@@ -43,11 +47,23 @@ def make_pipeline(
     cuda_graph: bool = False,
     noise_order: str = "seed",
     rounding: str = "truncate",
+    rung: str | None = None,
 ) -> tuple[Pipeline, dict]:
-    """The reference pipeline, or one whose clip, U-ViT step and decoder are engines of `backend`."""
+    """The reference pipeline, or one whose clip, U-ViT step and decoder are engines of `backend`, or the engines of
+    a ladder rung (bench.ladder: e.g. `fast`)."""
     cfg, dev = resolve(size, device)
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
     meta = {"size": cfg.name, "device": str(dev), "weights": models.weights, "backend": backend, "precision": precision}
+    if rung is not None:
+        if backend != REFERENCE or precision != "fp32" or cuda_graph:
+            raise ValueError("--rung chooses every engine itself; leave --backend, --precision and --cuda-graph out")
+        chosen = ladder.rung(rung)
+        get = lambda c, b: (build_sampler if c == "sampler" else partial(build_engine, c))(models, **b.kwargs)  # noqa: E731
+        engines = ladder.rung_engines(chosen, get)
+        meta.update(backend=f"rung {rung}", precision="mixed", engines={c: e.name for c, e in engines.items()})
+        meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
+        stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
+        return Pipeline(models, dev, noise_order=noise_order, rounding=rounding, **stages), meta
     if backend == REFERENCE:
         if precision != "fp32" or cuda_graph:
             raise ValueError("the reference pipeline is strict fp32 without CUDA graphs; pick an engine backend")
@@ -86,10 +102,9 @@ def generate(
 ) -> dict:
     """One image, timed: `warmup` untimed runs, then the median of `repeat` synchronised wall times."""
     cfg, _ = resolve(pipeline_options.get("size", "auto"), pipeline_options.get("device", "auto"))
-    folder = (
-        Path(out)
-        / f"{cfg.name}-{pipeline_options.get('backend', REFERENCE)}-{pipeline_options.get('precision', 'fp32')}"
-    )
+    o = pipeline_options
+    what = f"rung-{o['rung']}" if o.get("rung") else f"{o.get('backend', REFERENCE)}-{o.get('precision', 'fp32')}"
+    folder = Path(out) / f"{cfg.name}-{what}"
     check_free(folder, [Prompt(0, seed, prompt)], overwrite=overwrite)
     pipe, meta = make_pipeline(**pipeline_options)
     for _ in range(warmup):
@@ -147,6 +162,68 @@ def quality(
     return out
 
 
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """["attention=sdpa", "channels_last=true"] -> {"attention": "sdpa", "channels_last": True}."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"engine option {pair!r} is not KEY=VALUE")
+        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def profile_engine(
+    *,
+    component: str,
+    backend: str = "eager",
+    precision: str = "fp16",
+    cuda_graph: bool = False,
+    option: list[str] = (),
+    size: str = "auto",
+    weights: Path | None = None,
+    weights_seed: int = 0,
+    repeat: int = 10,
+    out: Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Kernel-time breakdown of one engine (bench.profile) -> markdown under reports/ (or `out`)."""
+    from bench.environment import environment
+    from bench.flops import component_flops
+    from bench.profile import profile, to_markdown
+    from engines.components import example_inputs
+    from reports.common import check_writable
+
+    if not torch.cuda.is_available():
+        raise ValueError("profiling times CUDA kernels; torch sees no CUDA device")
+    cfg, dev = resolve(size, "cuda")
+    models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
+    options = parse_options(list(option))
+    kw = dict(backend=backend, precision=precision, cuda_graph=cuda_graph, **options)
+    if component == "sampler":
+        engine = build_sampler(models, **kw)
+        u = cfg.uvit
+        inputs = {
+            "x": torch.randn(1, u.x_dim, device=dev),
+            "text": torch.randn(1, u.num_text_tokens, u.text_dim, device=dev),
+            "text_noise": torch.randn(engine.meta["calls"], 1, u.num_text_tokens, u.text_dim, device=dev),
+        }
+        flops = engine.meta["calls"] * component_flops("uvit", cfg.name)
+    else:
+        engine = build_engine(component, models, **kw)
+        inputs = example_inputs(component, cfg, device=dev)
+        flops = component_flops(component, cfg.name, guidance=str(options.get("guidance", "batched")))
+    out = check_writable(
+        Path(out or f"reports/profile-{engine.name.replace('/', '-').replace('+', '-').replace(',', '-')}.md"),
+        overwrite=overwrite,
+    )
+    result = profile(lambda: engine(**inputs), repeat=repeat)
+    env = {**environment(weights=models.weights, size=cfg.name), "engine": engine.name}
+    env.update({f"{k} seconds": f"{v:.1f}" for k, v in engine.seconds.items()})
+    out.write_text(to_markdown(f"Profile of {engine.name}", env, result, flops=flops))
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -176,6 +253,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--cuda-graph", action="store_true", help="capture each engine in a CUDA graph. Default: off")
     common.add_argument(
+        "--rung",
+        default=None,
+        choices=[r.name for r in ladder.LADDER],
+        help="every engine from this column of the speed-up table instead of --backend/--precision. Default: none",
+    )
+    common.add_argument(
         "--noise-order", default="seed", choices=NOISE_ORDERS, help="random draw order (SPEC 1.3). Default: %(default)r"
     )
     common.add_argument(
@@ -199,6 +282,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")
+    f = sub.add_parser("profile", help="kernel-time breakdown of one engine on the GPU (markdown report)")
+    f.add_argument("--component", required=True, choices=["clip", "uvit", "decoder", "sampler"])
+    f.add_argument("--backend", default="eager", metavar="NAME", help="engine backend. Default: %(default)r")
+    f.add_argument("--precision", default="fp16", choices=list(PRECISIONS), help="Default: %(default)r")
+    f.add_argument("--cuda-graph", action="store_true", help="capture in a CUDA graph (sampler: the whole loop)")
+    f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="engine option, repeatable")
+    f.add_argument("--size", default="auto", choices=["auto", *SIZES], help="Default: %(default)r")
+    f.add_argument("--weights", type=Path, default=None, metavar="DIR", help="official checkpoints. Default: random")
+    f.add_argument("--weights-seed", type=int, default=0, metavar="N", help="Default: %(default)r")
+    f.add_argument("--repeat", type=int, default=10, help="calls timed and profiled. Default: %(default)r")
+    f.add_argument("--out", type=Path, default=None, help="Default: reports/profile-<engine>.md")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     return p
 
 
@@ -209,6 +304,8 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         if command == "quality":
             print(f"wrote {quality(**args)}")
+        elif command == "profile":
+            print(f"wrote {profile_engine(**args)}")
         elif command == "generate":
             meta = generate(**args)
             print(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from bench.ladder import LADDER, Build
 from bench.matrix import matrix
 from engines import BackendUnavailable, build_engine, unavailable
 from engines.components import COMPONENTS
+from engines.sampler import build_sampler
 
 
 def _cases(config: pytest.Config) -> list[tuple[str, Build]]:
@@ -35,10 +38,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = item.callspec.params if hasattr(item, "callspec") else {}
         builds = [params["bench_case"]] if "bench_case" in params else []
         builds += list(params["rung"].builds.items()) if "rung" in params else []
-        for component, b in builds:
-            why = unavailable(
-                b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph, component=component
-            )
+        for _, b in builds:
+            why = unavailable(b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph)
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
                 break
@@ -46,14 +47,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def engine_for(models):
-    """(component, Build) -> Engine, built once per session and shared by component and pipeline benchmarks."""
+    """(component, Build) -> Engine, built once per session and shared by component and pipeline benchmarks.
+    Component "sampler" is the whole solver loop around the U-ViT step that `build` describes (engines.sampler)."""
     cache = {}
 
     def get(component: str, build: Build):
         key = (component, build)
         if key not in cache:
             try:
-                cache[key] = build_engine(component, models, **build.kwargs)
+                build_fn = build_sampler if component == "sampler" else partial(build_engine, component)
+                cache[key] = build_fn(models, **build.kwargs)
             except BackendUnavailable as e:
                 pytest.skip(str(e))
         return cache[key]

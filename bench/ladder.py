@@ -7,7 +7,10 @@ decoder in fp32). The seed's TensorRT columns become the best engine we can run 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from bench.matrix import FAST_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,11 @@ class Rung:
     name: str
     label: str
     builds: dict[str, Build] = field(default_factory=dict)  # component -> Build
+    loop: bool = False  # the 50 U-ViT calls and the solver as one CUDA graph (engines.sampler), from builds["uvit"]
 
 
 def _all(build: Build) -> dict[str, Build]:
-    """The same build for every component, except that CLIP is never captured in a CUDA graph (engines refuse it:
-    README, 'Known problems'); at under 5 ms per image it is not where the time goes."""
-    clip = Build(build.backend, build.precision, False, build.options)
-    return {"clip": clip, "uvit": build, "decoder": build}
+    return {"clip": build, "uvit": build, "decoder": build}
 
 
 TWO_CALLS = (("guidance", "two-calls"),)
@@ -62,8 +63,28 @@ LADDER: list[Rung] = [
     Rung("inductor-fp16", "Inductor-FP16", _all(Build("inductor", "fp16"))),
     Rung("inductor-fp16-graph", "Inductor-FP16 + CUDA graph", _all(Build("inductor", "fp16", True))),
     Rung("eager-fp16-graph", "Eager-FP16 + CUDA graph", _all(Build("eager", "fp16", True))),
+    # issue 6: fused attention everywhere, the decoder channels_last with the Triton GroupNorm, the loop one graph
+    Rung("fast", "Inductor-FP16 + SDPA + whole-loop graph",
+         {c: Build("inductor", "fp16", True, FAST_OPTIONS[c]) for c in ("clip", "uvit", "decoder")}, loop=True),
 ]  # fmt: skip
 BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
+
+
+def rung_engines(rung: Rung, get: Callable[[str, Build], object]) -> dict[str, object]:
+    """The engines of a pipeline on this rung, from `get(component, build)`; under `loop`, "uvit" is the sampler."""
+    engines = {c: get(c, b) for c, b in rung.builds.items() if not (rung.loop and c == "uvit")}
+    if rung.loop:
+        engines["uvit"] = get("sampler", rung.builds["uvit"])
+    return engines
+
+
+def stages(rung: Rung, engines: dict[str, Callable]) -> dict[str, Callable]:
+    """Pipeline keyword arguments for these engines (or wrappers of them)."""
+    return {
+        "clip": engines["clip"],
+        "decoder": engines["decoder"],
+        ("sampler" if rung.loop else "step"): engines["uvit"],
+    }
 
 
 def rung(name: str) -> Rung:

@@ -11,6 +11,8 @@ from engines import check_backend
 from engines.components import COMPONENTS
 
 AUTO = "auto"
+_SDPA = (("attention", "sdpa"),)
+FAST_OPTIONS = {"clip": _SDPA, "uvit": _SDPA, "decoder": _SDPA + (("channels_last", True),)}
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,18 @@ class Matrix:
                 for p in self.precisions:
                     if b == "autocast" and (p == "fp32" or c != "uvit"):  # the seed's baseline: U-ViT only
                         continue
+                    if p == "fp8" and (c != "uvit" or b not in ("eager", "inductor")):  # engines.fp8
+                        continue
                     for g in self.graphs:
                         out.append(EngineSpec(c, b, p, g))
                         if c == "uvit" and (b, p) in (("eager", "fp32"), ("autocast", "fp16")):  # the seed's baselines
                             out.append(EngineSpec(c, b, p, g, (("guidance", "two-calls"),)))
-                        if c == "decoder" and self.device.type == "cuda" and p != "fp32" and b in ("eager", "inductor"):
+                        if self.device.type != "cuda" or p == "fp32" or b not in ("eager", "inductor"):
+                            continue
+                        if c == "decoder":  # the Triton GroupNorm's effect on its own
                             out.append(EngineSpec(c, b, p, g, (("groupnorm", "triton"),)))
+                        if b == "inductor":  # the fast rung's builds (bench.ladder), per layer
+                            out.append(EngineSpec(c, b, p, g, FAST_OPTIONS[c]))
         return out
 
 
@@ -73,7 +81,11 @@ def matrix(config: pytest.Config) -> Matrix:
         size=pick("--size", ["full"], ["tiny"])[0],
         backends=[
             check_backend(b)
-            for b in pick("--backends", ["eager", "autocast", "inductor", "trt", "trtllm"], ["eager", "inductor"])
+            for b in pick(
+                "--backends",
+                ["eager", "autocast", "inductor", "onnxruntime", "trt", "trtllm"],
+                ["eager", "inductor", "onnxruntime"],
+            )
         ],
         precisions=pick("--precisions", ["fp32", "fp16", "bf16"], ["fp32", "bf16"]),
         graphs={"off": [False], "on": [True], "both": [False, True]}[graphs],

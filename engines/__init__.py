@@ -22,46 +22,43 @@ from torch import Tensor, nn
 from engines.components import COMPONENTS, DecodeToImage, Marked, check_component, check_marks, component_module
 from reference.checkpoints import Models
 
-# fp64 exists to measure the fp32 reference's own rounding error (the accuracy suite's noise floor).
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-BACKEND_MODULES = ("eager", "inductor", "trt", "trtllm")  # imported on first use of the registry
+# fp64 exists to measure the fp32 reference's own rounding error (the accuracy suite's noise floor). fp8 is an fp16
+# engine whose U-ViT block linears run in float8 e4m3 (engines.fp8); the dtype here is that of everything else.
+PRECISIONS = {
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16, "fp64": torch.float64
+}  # fmt: skip
+BACKEND_MODULES = ("eager", "inductor", "onnx", "trt", "trtllm")  # imported on first use of the registry
 
 
 class BackendUnavailable(RuntimeError):
     """A backend that cannot run on this machine; the message says what to install. Tests turn it into a skip."""
 
 
-# backend -> (Python module it needs, how to install it)
+_NVIDIA = "from NVIDIA's index (pypi.nvidia.com)"
+_ONNX = "pip install 'unidiffuser-bench[onnx]'"
+# backend -> the Python modules it needs, each with how to install it
 REQUIRES = {
-    "trt": ("tensorrt", "pip install 'unidiffuser-bench[trt]' from NVIDIA's index (pypi.nvidia.com)"),
-    "trtllm": ("tensorrt_llm", "pip install 'unidiffuser-bench[trtllm]' from NVIDIA's index (pypi.nvidia.com)"),
+    "onnxruntime": (("onnxruntime", _ONNX), ("onnxscript", _ONNX + " (torch's ONNX exporter needs it)")),
+    "trt": (("tensorrt", f"pip install 'unidiffuser-bench[trt]' {_NVIDIA}"), ("onnxscript", _ONNX)),
+    "trtllm": (("tensorrt_llm", f"pip install 'unidiffuser-bench[trtllm]' {_NVIDIA}"),),
 }
 
 
 def require(backend: str) -> None:
-    """Raise BackendUnavailable, naming what to install, when the backend's package is missing."""
-    if backend in REQUIRES:
-        module, how = REQUIRES[backend]
+    """Raise BackendUnavailable, naming what to install, when one of the backend's packages is missing."""
+    for module, how in REQUIRES.get(backend, ()):
         if importlib.util.find_spec(module) is None:
             raise BackendUnavailable(f"{module} is not installed: {how}")
 
 
-def check_known_problems(component: str, *, cuda_graph: bool) -> None:
-    if component == "clip" and cuda_graph:
-        raise BackendUnavailable(
-            "CUDA graphs are refused for clip: on the H100 its fp16 and SDPA graphs hit a device-side index assert "
-            "on repeated replays (README, 'Known problems'), which poisons the CUDA context; build clip without a graph"
-        )
-
-
-def unavailable(
-    backend: str, *, device: torch.device, precision: str, cuda_graph: bool, component: str = ""
-) -> str | None:
+def unavailable(backend: str, *, device: torch.device, precision: str, cuda_graph: bool) -> str | None:
     """Why this engine cannot be built here, or None: what a test reports as its skip reason."""
     try:
-        require(check_backend(backend))
-        check_known_problems(component, cuda_graph=cuda_graph)
+        name = check_backend(backend)
+        require(name)
         check_device_support(device, precision=precision, cuda_graph=cuda_graph)
+        if name in LIMITS:
+            LIMITS[name](device=device, precision=precision, cuda_graph=cuda_graph)
     except BackendUnavailable as e:
         return str(e)
     return None
@@ -101,13 +98,23 @@ def _closed(**inputs: Tensor) -> dict[str, Tensor]:
 
 # name -> build(module, *, precision, device, example_inputs, options) -> (callable, seconds, meta)
 ENGINES: dict[str, Callable] = {}
-ALIASES = {"torch": "eager", "tensorrt": "trt", "tensorrt_llm": "trtllm"}
+# name -> limits(*, device, precision, cuda_graph): raises BackendUnavailable for what this backend cannot do here
+LIMITS: dict[str, Callable] = {}
+ALIASES = {"torch": "eager", "onnx": "onnxruntime", "ort": "onnxruntime", "tensorrt": "trt", "tensorrt_llm": "trtllm"}
 
 
 def register_engine(name: str) -> Callable[[Callable], Callable]:
     def register(build: Callable) -> Callable:
         ENGINES[name] = build
         return build
+
+    return register
+
+
+def register_limits(name: str) -> Callable[[Callable], Callable]:
+    def register(limits: Callable) -> Callable:
+        LIMITS[name] = limits
+        return limits
 
     return register
 
@@ -136,6 +143,8 @@ def check_device_support(device: torch.device, *, precision: str, cuda_graph: bo
         raise BackendUnavailable(f"CUDA graphs need a CUDA device; this engine would run on {device.type}")
     if precision == "fp16" and device.type != "cuda":
         raise BackendUnavailable("fp16 engines need a CUDA device (CPU kernels for fp16 are slow emulations)")
+    if precision == "fp8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+        raise BackendUnavailable("fp8 engines need a GPU with FP8 tensor cores (compute capability 8.9 or newer)")
 
 
 def engine_name(component: str, backend: str, precision: str, cuda_graph: bool, options: dict) -> str:
@@ -162,17 +171,21 @@ def build_engine(
 
     `module` replaces the reference component (fault-injection tests pass a perturbed copy); `postprocess` folds the
     uint8 conversion into the decoder; `guidance="two-calls"` runs the U-ViT step as upstream does; other `options`
-    go to the backend (e.g. groupnorm="triton", channels_last=True, mode="max-autotune-no-cudagraphs").
+    go to the backend (e.g. attention="sdpa", groupnorm="triton", channels_last=True,
+    mode="max-autotune-no-cudagraphs").
     """
     from engines.components import example_inputs
 
     check_component(component)
     backend, precision = check_backend(backend), check_precision(precision)
+    if precision == "fp8" and component != "uvit":
+        raise ValueError("fp8 applies to the U-ViT's block linears; build clip and the decoder in fp16")
     require(backend)
     source = module if module is not None else component_module(component, models, guidance=guidance)
     device = torch.device(device) if device is not None else next(source.parameters()).device
-    check_known_problems(component, cuda_graph=cuda_graph)
     check_device_support(device, precision=precision, cuda_graph=cuda_graph)
+    if backend in LIMITS:
+        LIMITS[backend](device=device, precision=precision, cuda_graph=cuda_graph)
     marks = check_marks(component, source, tuple(marks))
     if postprocess and (component != "decoder" or marks):
         raise ValueError("postprocess folds uint8 conversion into an unmarked decoder only")

@@ -28,10 +28,38 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
     return module
 
 
+ATTENTION = ("math", "sdpa")
+
+
+def set_attention(module: nn.Module, kind: str) -> nn.Module:
+    """`math`: the reference's explicit softmax(QK^T)V; `sdpa`: torch's scaled_dot_product_attention, which picks a
+    fused kernel (flash, memory-efficient, cuDNN) by shape and dtype."""
+    if kind not in ATTENTION:
+        raise ValueError(f"unknown attention {kind!r}; choose from {list(ATTENTION)}")
+    from transformers import CLIPTextModel
+
+    from reference import uvit as uv
+
+    for m in module.modules():
+        if isinstance(m, (uv.Attention, ae.AttnBlock)):
+            m.sdpa = kind == "sdpa"
+        elif isinstance(m, CLIPTextModel):
+            m.config._attn_implementation = "sdpa" if kind == "sdpa" else "eager"
+    return module
+
+
 def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -> tuple[nn.Module, dict]:
     """The module transforms the eager and inductor backends share; returns the module and what was applied."""
-    opts = take_options(options, {"groupnorm": "torch", "channels_last": False, **EXTRA[backend]}, backend=backend)
+    defaults = {
+        "attention": "math", "groupnorm": "torch", "channels_last": False, "cudnn_benchmark": False, **EXTRA[backend]
+    }  # fmt: skip
+    opts = take_options(options, defaults, backend=backend)
     module = marked if backend == "autocast" else cast(marked, precision)
+    set_attention(module, opts["attention"])
+    if precision == "fp8":
+        from engines.fp8 import swap_linears
+
+        opts["fp8_linears"] = swap_linears(module)
     swap_groupnorm(module, opts["groupnorm"])
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)
@@ -44,13 +72,16 @@ EXTRA = {"eager": {}, "autocast": {}, "inductor": {"mode": "default"}}
 @register_engine("eager")
 def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     module, opts = prepare(marked, precision=precision, options=options, backend="eager")
-    fn, seconds = finish(module, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph)
+    fn, seconds = finish(
+        module, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph,
+        cudnn_benchmark=opts["cudnn_benchmark"],
+    )  # fmt: skip
     return fn, seconds, {"backend": "eager", **opts}
 
 
 @register_engine("autocast")
 def build_autocast(marked, *, precision, device, example_inputs, cuda_graph, options):
-    if precision == "fp32":
+    if precision not in ("fp16", "bf16"):
         raise ValueError("the autocast backend runs fp32 weights under fp16 or bf16 autocast; choose fp16 or bf16")
     module, opts = prepare(marked, precision=precision, options=options, backend="autocast")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -59,5 +90,8 @@ def build_autocast(marked, *, precision, device, example_inputs, cuda_graph, opt
         with torch.autocast(device.type, dtype=dtype):
             return module(**inputs)
 
-    fn, seconds = finish(run, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph)
+    fn, seconds = finish(
+        run, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph,
+        cudnn_benchmark=opts["cudnn_benchmark"],
+    )  # fmt: skip
     return fn, seconds, {"backend": "autocast", "autocast_dtype": precision, **opts}

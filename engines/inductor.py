@@ -27,11 +27,14 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     torch._dynamo.config.skip_nnmodule_hook_guards = False
     compiled = torch.compile(module, mode=opts["mode"], dynamic=False)
     t0 = time.perf_counter()
-    under(precision, compiled)(**example_inputs)  # the first call compiles
+    bench = opts["cudnn_benchmark"]
+    under(precision, compiled, cudnn_benchmark=bench)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()
     compile_seconds = time.perf_counter() - t0
-    fn, seconds = finish(compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph)
+    fn, seconds = finish(
+        compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, cudnn_benchmark=bench
+    )
     return (
         fn,
         {"compile": compile_seconds, **seconds},

@@ -21,15 +21,22 @@ def cast(module: nn.Module, precision: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def precision_settings(precision: str) -> Iterator[None]:
-    """fp32 engines run in strict IEEE fp32 (no TF32), like the reference they are compared with."""
-    with strict_fp32() if precision == "fp32" else contextlib.nullcontext():
-        yield
+def precision_settings(precision: str, *, cudnn_benchmark: bool = False) -> Iterator[None]:
+    """fp32 engines run in strict IEEE fp32 (no TF32), like the reference they are compared with. `cudnn_benchmark`
+    lets cuDNN time its convolution algorithms on first use of a shape and keep the fastest (off in the reference:
+    its choice may change the summation order between runs)."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark or saved
+    try:
+        with strict_fp32() if precision == "fp32" else contextlib.nullcontext():
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
-def under(precision: str, fn: Fn) -> Fn:
+def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False) -> Fn:
     def run(**inputs: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad(), precision_settings(precision):
+        with torch.no_grad(), precision_settings(precision, cudnn_benchmark=cudnn_benchmark):
             return fn(**inputs)
 
     return run
@@ -75,14 +82,14 @@ class Graphed:
 
 
 def finish(
-    fn: Fn, *, precision: str, example_inputs: dict[str, Tensor], cuda_graph: bool
+    fn: Fn, *, precision: str, example_inputs: dict[str, Tensor], cuda_graph: bool, cudnn_benchmark: bool = False
 ) -> tuple[Fn, dict[str, float]]:
     """Wrap `fn` in its precision settings and, if asked, a CUDA graph; returns it with the capture seconds."""
-    fn = under(precision, fn)
+    fn = under(precision, fn, cudnn_benchmark=cudnn_benchmark)
     if not cuda_graph:
         return fn, {}
     t0 = time.perf_counter()
-    with torch.no_grad(), precision_settings(precision):
+    with torch.no_grad(), precision_settings(precision, cudnn_benchmark=cudnn_benchmark):
         graphed = Graphed(fn, example_inputs)
     return graphed, {"capture": time.perf_counter() - t0}
 

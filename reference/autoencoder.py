@@ -41,6 +41,8 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """One head over all H*W positions (4096 at 64x64)."""
 
+    sdpa = False  # engines may switch to PyTorch's fused attention kernels; the reference stays explicit
+
     def __init__(self, channels: int):
         super().__init__()
         self.norm = GroupNorm(channels)
@@ -55,8 +57,12 @@ class AttnBlock(nn.Module):
         q = self.q(h).reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
         k = self.k(h).reshape(B, C, H * W)  # (B, C, HW)
         v = self.v(h).reshape(B, C, H * W)  # (B, C, HW)
-        w = torch.softmax((q @ k) * C**-0.5, dim=2)  # (B, HW_q, HW_k)
-        h = (v @ w.transpose(1, 2)).reshape(B, C, H, W)  # (B, C, HW_q) -> (B, C, H, W)
+        if self.sdpa:
+            o = F.scaled_dot_product_attention(q[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None])
+            h = o[:, 0].transpose(1, 2).reshape(B, C, H, W)  # (B, 1, HW, C) -> (B, C, H, W)
+        else:
+            w = torch.softmax((q @ k) * C**-0.5, dim=2)  # (B, HW_q, HW_k)
+            h = (v @ w.transpose(1, 2)).reshape(B, C, H, W)  # (B, C, HW_q) -> (B, C, H, W)
         return x + self.proj_out(h)
 
 

@@ -96,7 +96,17 @@ class TextEncoder(nn.Module):
         return cls(CLIPTextModel(hf_config(cfg)), nn.Linear(cfg.width, text_dim))
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        hidden = self.clip(input_ids=input_ids).last_hidden_state  # (B, 77, 768)
+        # The tower's own layers, with positions and the causal mask made here by kernels. Under a CUDA graph, the
+        # tower's stride-0 `position_ids` buffer fed its embedding gather out-of-range indices on later replays (seen
+        # on the H100: a device-side assert), and transformers' mask helper copies a host scalar, which capture
+        # forbids; UniDiffuser never uses the pooled output. Equal to `clip(input_ids).last_hidden_state` bit for bit.
+        tower = text_tower(self.clip)
+        L = input_ids.shape[1]
+        positions = torch.arange(L, device=input_ids.device)[None]  # (1, 77)
+        hidden = tower.embeddings(input_ids=input_ids, position_ids=positions)  # (B, 77, 768)
+        mask = torch.full((L, L), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device).triu(1)
+        hidden = tower.encoder(inputs_embeds=hidden, attention_mask=mask[None, None]).last_hidden_state
+        hidden = tower.final_layer_norm(hidden)  # (B, 77, 768)
         return self.encode_prefix(hidden)  # (B, 77, 64)
 
     @torch.no_grad()

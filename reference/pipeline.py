@@ -4,6 +4,8 @@ The three stages are plain callables so that engines can stand in for them with 
     clip(input_ids)                                        -> text condition  (B, 77, 64)
     step(x, text, text_noise, t_model, alpha, sigma)       -> D(x, t)         (B, 16896)
     decoder(z)                                             -> image in ~[-1,1] (B, 3, 512, 512)
+or, instead of `step`, the whole solver loop (engines.sampler):
+    sampler(x, text, text_noise)                           -> x at t_end      (B, 16896)
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class Pipeline:
     clip: Callable[..., Tensor] | None = None
     step: Callable[..., Tensor] | None = None
     decoder: Callable[..., Tensor] | None = None
+    sampler: Callable[..., Tensor] | None = None
     plan: dpm_solver.Plan = field(default_factory=dpm_solver.make_plan)
 
     def __post_init__(self) -> None:
@@ -168,7 +171,11 @@ class Pipeline:
                 sigma=sigma[k : k + 1],
             )
 
-        x = dpm_solver.sample(data_prediction, combine(noise.z, noise.clip_img), self.plan)
+        x = combine(noise.z, noise.clip_img)
+        if self.sampler is not None:  # the engine runs the same plan (engines.sampler)
+            x = self.sampler(x=x, text=text, text_noise=noise.text)
+        else:
+            x = dpm_solver.sample(data_prediction, x, self.plan)
         bar.close()
         z, _ = split(x, cfg)
         image = to_uint8(self.decoder(z=z), rounding=self.rounding)[0].cpu()  # (H, W, 3)

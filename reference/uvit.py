@@ -51,6 +51,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 class Attention(nn.Module):
+    sdpa = False  # engines may switch to PyTorch's fused attention kernels; the reference stays explicit
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -62,8 +64,11 @@ class Attention(nn.Module):
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)  # B L K H D
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
-        attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
-        x = attn.softmax(dim=-1) @ v  # (B, H, L, D)
+        if self.sdpa:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, H, L, D)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
+            x = attn.softmax(dim=-1) @ v  # (B, H, L, D)
         return self.proj(x.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
 
 

@@ -20,14 +20,14 @@ def bench(pytester):
 
 def test_generate_help_lists_the_options(bench):
     result = bench("generate", "--help")
-    result.stdout.fnmatch_lines(["*--backend NAME*", "*--precision {fp32,fp16,bf16}*", "*--weights DIR*"])
+    result.stdout.fnmatch_lines(["*--backend NAME*", "*--precision {fp32,fp16,bf16,fp8}*", "*--weights DIR*"])
     assert result.ret == 0
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "--backend", "onnx"], "*unknown backend 'onnx'; choose from*"),
+        (["generate", "--backend", "tvm"], "*unknown backend 'tvm'; choose from*"),
         (["generate", "--weights", "/nonexistent"], "*weights folder /nonexistent does not exist*"),
         (["generate", "--precision", "fp16"], "*the reference pipeline is strict fp32*"),
         (["references", "--out", "x", "--prompts", "/nope.tsv"], "*prompts file /nope.tsv does not exist*"),
@@ -45,7 +45,7 @@ def test_bad_input_is_one_clear_line(bench, args, message):
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--backends", "onnx", "*unknown backend ?'onnx'?; choose from*"),
+        ("--backends", "tvm", "*unknown backend ?'tvm'?; choose from*"),
         ("--precisions", "fp8", "*unknown precision ?'fp8'?; choose from*"),
         ("--size", "huge", "*unknown size ?'huge'?; choose from*"),
         ("--weights", "/nonexistent", "*weights folder '/nonexistent' does not exist*"),

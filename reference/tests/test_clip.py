@@ -38,3 +38,24 @@ def test_empty_prompt_is_bos_then_eos_padding(tokenizer):
 def test_vocabulary_is_complete(tokenizer):
     assert len(tokenizer) == 49408
     assert tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"]) == [BOS, EOS]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_text_encoder_equals_the_hugging_face_forward(attention):
+    """Our forward (own causal mask, no pooling) gives transformers' last_hidden_state: exactly with eager attention,
+    to fp32 rounding with SDPA."""
+    from reference.clip import TextEncoder
+    from reference.configs import ModelConfig
+
+    cfg = ModelConfig.from_name("tiny")
+    enc = TextEncoder.from_config(cfg.clip, text_dim=cfg.uvit.text_dim).eval()
+    enc.init_weights(torch.Generator().manual_seed(0))
+    enc.clip.config._attn_implementation = attention
+    ids = torch.randint(0, cfg.clip.vocab_size, (2, cfg.clip.max_tokens), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = enc(ids)
+        theirs = enc.encode_prefix(enc.clip(input_ids=ids).last_hidden_state)
+    if attention == "eager":
+        assert torch.equal(ours, theirs)
+    else:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

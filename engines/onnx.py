@@ -1,0 +1,103 @@
+"""ONNX: each component exported with torch's exporter (torch.export -> ONNX, static shapes) and run by onnxruntime.
+
+Marks become graph outputs, named as every other engine names them: the exported module is `Marked`, whose forward
+returns {mark: tensor, ..., "output": tensor}, so each marked layer's output is an ONNX graph output (what Polygraphy's
+"mark all" does, limited to the layers the suite compares). The same .onnx files feed the TensorRT engine (engines.trt).
+
+onnxruntime runs fp32 on its CPU provider; fp16 needs onnxruntime-gpu's CUDA provider (the CPU provider lacks fp16
+kernels for most of these operators), and numpy has no bfloat16. Outputs come back as torch tensors on the device the
+engine was built for, so the comparator treats this engine like any other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from engines import BackendUnavailable, register_engine, register_limits
+from engines.runtime import cast, check_inputs, take_options
+
+OPSET = 18
+
+
+def providers(device: torch.device, *, precision: str, cuda_graph: bool) -> list[str]:
+    """The onnxruntime providers for this engine, or BackendUnavailable saying what is missing."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available and device.type == "cuda"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise BackendUnavailable(f"ONNX engines are fp32 or fp16, not {precision}")
+    if precision == "bf16":
+        raise BackendUnavailable("onnxruntime engines take numpy inputs, and numpy has no bfloat16; use fp32 or fp16")
+    if precision == "fp16" and not cuda:
+        raise BackendUnavailable(
+            "fp16 ONNX graphs need onnxruntime's CUDAExecutionProvider on a CUDA device "
+            f"(providers here: {available}); pip install onnxruntime-gpu"
+        )
+    if cuda_graph and not cuda:
+        raise BackendUnavailable("ONNX engines capture CUDA graphs through onnxruntime-gpu's CUDA provider only")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+
+
+@register_limits("onnxruntime")
+def limits(*, device: torch.device, precision: str, cuda_graph: bool) -> None:
+    providers(device, precision=precision, cuda_graph=cuda_graph)
+
+
+def export(module: nn.Module, example_inputs: dict[str, Tensor], path: Path) -> tuple[Path, list[str]]:
+    """`module(**example_inputs)` -> {name: tensor} exported to `path` (weights beside it when over 2 GB).
+
+    Returns the path and the output names: the keys of the module's output dict, in order."""
+    with torch.no_grad():
+        names = list(module(**example_inputs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on torchvision ops we do not use
+        program = torch.onnx.export(
+            module, (), kwargs=example_inputs, dynamo=True, opset_version=OPSET,
+            input_names=list(example_inputs), output_names=names, verbose=False,
+        )  # fmt: skip
+        program.save(str(path), external_data=True)
+    return path, names
+
+
+@register_engine("onnxruntime")
+def build(marked, *, precision, device, example_inputs, cuda_graph, options):
+    import onnxruntime as ort
+
+    from engines.eager import set_attention
+
+    opts = take_options(options, {"attention": "math", "export_dir": ""}, backend="onnxruntime")
+    chosen = providers(device, precision=precision, cuda_graph=cuda_graph)
+    module = set_attention(cast(marked, precision), opts["attention"])
+    folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-onnx-"))
+    t0 = time.perf_counter()
+    path, names = export(module, example_inputs, folder / "model.onnx")
+    exported = time.perf_counter() - t0
+    settings = ort.SessionOptions()
+    settings.log_severity_level = 3  # warnings about unused initialisers are noise here
+    provider_options = [{"enable_cuda_graph": "1"} if cuda_graph else {} for _ in chosen[:-1]] + [{}]
+    session = ort.InferenceSession(str(path), settings, providers=chosen, provider_options=provider_options)
+    if not opts["export_dir"]:
+        shutil.rmtree(folder, ignore_errors=True)  # the session holds the graph and weights now
+    static = {k: v for k, v in example_inputs.items()}
+    expected = {i.name for i in session.get_inputs()}
+    if expected != set(static):
+        raise RuntimeError(f"exported graph takes {sorted(expected)}, not the component's inputs {sorted(static)}")
+
+    def run(**inputs: Tensor) -> dict[str, Tensor]:
+        check_inputs(static, inputs)
+        feeds = {k: v.detach().cpu().numpy() for k, v in inputs.items()}
+        outs = session.run(names, feeds)
+        return {n: torch.from_numpy(o).to(device) for n, o in zip(names, outs, strict=True)}
+
+    meta = {"backend": "onnxruntime", "onnxruntime": ort.__version__, "providers": session.get_providers(),
+            "opset": OPSET, **opts}  # fmt: skip
+    return run, {"export": exported}, meta

@@ -1,0 +1,63 @@
+"""The whole 50-call DPM-Solver++ loop as one engine, optionally one CUDA graph with the solver arithmetic inside.
+
+    sampler = build_sampler(models, backend="inductor", precision="fp16", cuda_graph=True, attention="sdpa")
+    x_end = sampler.output(x=x, text=text, text_noise=noise.text)   # x (B, X), text (B, 77, T), noise (calls, B, 77, T)
+
+The loop can be captured because nothing in it reads the GPU from the host: the schedule's coefficients are Python
+floats and per-call times are slices of one device tensor (reference.dpm_solver.make_plan), and every call's fresh
+uncond text noise is drawn before the loop from the image's seeded generator (reference.pipeline.draw_noise), so a
+graphed image has exactly the reference's random numbers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from engines import Engine, build_engine, engine_name
+from engines.runtime import finish
+from reference import dpm_solver
+from reference.checkpoints import Models
+
+
+def build_sampler(
+    models: Models,
+    *,
+    backend: str = "eager",
+    precision: str = "fp32",
+    cuda_graph: bool = False,
+    plan: dpm_solver.Plan | None = None,
+    **options: object,
+) -> Engine:
+    """The guided-step engine of `backend`/`precision` (never graphed on its own) run over the whole plan."""
+    t0 = time.perf_counter()
+    plan = plan or dpm_solver.make_plan()
+    step = build_engine("uvit", models, backend=backend, precision=precision, **options)
+    device = next(models.uvit.parameters()).device
+    t_model, alpha, sigma = (v.to(device) for v in (plan.t_model, plan.alpha, plan.sigma))
+
+    def loop(x: Tensor, text: Tensor, text_noise: Tensor) -> dict[str, Tensor]:
+        def data_prediction(x: Tensor, k: int) -> Tensor:
+            return step.fn(
+                x=x, text=text, text_noise=text_noise[k],
+                t_model=t_model[k : k + 1], alpha=alpha[k : k + 1], sigma=sigma[k : k + 1],
+            )["output"]  # fmt: skip
+
+        return {"output": dpm_solver.sample(data_prediction, x, plan)}
+
+    cfg = models.config.uvit
+    g = torch.Generator().manual_seed(0)
+    example = {
+        "x": torch.randn(1, cfg.x_dim, generator=g),
+        "text": torch.randn(1, cfg.num_text_tokens, cfg.text_dim, generator=g),
+        "text_noise": torch.randn(plan.calls, 1, cfg.num_text_tokens, cfg.text_dim, generator=g),
+    }
+    fn, seconds = finish(
+        loop, precision=precision, example_inputs={k: v.to(device) for k, v in example.items()}, cuda_graph=cuda_graph
+    )
+    seconds = {**{f"step_{k}": v for k, v in step.seconds.items()}, **seconds, "build": time.perf_counter() - t0}
+    name = engine_name("sampler", step.backend, precision, cuda_graph, options)
+    meta = {**step.meta, "calls": plan.calls, "graph": "whole loop" if cuda_graph else "none"}
+    return Engine(name, fn, "sampler", step.backend, precision, cuda_graph, (), seconds, meta)

@@ -1,0 +1,59 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from engines import BackendUnavailable, build_engine
+from engines.fp8 import E4M3_MAX, Fp8Linear, quantize, swap_linears
+
+
+def test_fp8_linear_approximates_the_linear_within_e4m3_rounding():
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 64, generator=g))
+    x = torch.randn(5, 7, 64, generator=g)
+    want, got = linear(x), Fp8Linear(linear)(x)
+    rel = ((got - want).norm() / want.norm()).item()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert 1e-4 < rel < 2**-4  # it did quantise, and only to e4m3's precision
+
+
+def test_quantize_scales_so_nothing_saturates():
+    x = torch.tensor([[1e4, -3e4, 2.0, 0.0]])
+    q, s = quantize(x)
+    assert q.dtype == torch.float8_e4m3fn and s.item() == pytest.approx(3e4 / E4M3_MAX)
+    torch.testing.assert_close(q.float() * s, x, rtol=2**-4, atol=1e-2)
+
+
+def test_sizes_fp8_cannot_multiply_are_refused():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Fp8Linear(nn.Linear(64, 10))
+
+
+def test_swap_covers_every_block_linear_and_keeps_marks():
+    from reference.checkpoints import load_models
+    from reference.configs import ModelConfig
+
+    uvit = copy.deepcopy(load_models(ModelConfig.from_name("tiny"), seed=0).uvit)
+    seen = []
+    uvit.in_blocks[0].mlp.fc1.register_forward_hook(lambda m, a, o: seen.append(type(m).__name__))
+    depth = uvit.cfg.depth  # depth // 2 in-blocks and out-blocks (with skip_linear) and the mid block
+    assert swap_linears(uvit) == 4 * (depth // 2 + 1) + 5 * (depth // 2)
+    assert not any(isinstance(m, nn.Linear) for b in uvit.in_blocks for m in b.modules())
+    assert isinstance(uvit.text_embed, nn.Linear)  # outside the blocks, fp16 stays
+    uvit.in_blocks[0](torch.randn(1, 8, uvit.cfg.embed_dim))
+    assert seen == ["Fp8Linear"]
+
+
+def test_fp8_engines_are_uvit_only_and_need_fp8_tensor_cores():
+    from reference.checkpoints import load_models
+    from reference.configs import ModelConfig
+
+    models = load_models(ModelConfig.from_name("tiny"), seed=0)
+    with pytest.raises(ValueError, match="fp8 applies to the U-ViT's block linears"):
+        build_engine("decoder", models, precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="FP8 tensor cores"):
+            build_engine("uvit", models, precision="fp8")
