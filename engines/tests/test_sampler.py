@@ -47,6 +47,10 @@ def test_whole_loop_graph_equals_the_loop_without_it(models):
     graphed_engine = build_sampler(gpu, precision="fp16", cuda_graph=True)
     graphed = Pipeline(gpu, "cuda", sampler=graphed_engine.output)
     assert graphed_engine.seconds["capture"] > 0
+    first = None
     for seed in (SEED, SEED + 1):  # a second image replays the graph on new static inputs
         a, b = graphed(PROMPT, seed), plain(PROMPT, seed)
-        assert torch.equal(a.latents, b.latents), seed
+        # cuBLAS may pick other kernels under capture: fp16 rounding, not equality, over 50 calls
+        assert ((a.latents - b.latents).norm() / b.latents.norm()).item() < 1e-2, seed
+        assert first is None or not torch.equal(a.latents, first)
+        first = a.latents
