@@ -57,10 +57,13 @@ class Graphed:
     """Capture `fn` once on static input buffers and replay it: warm-up on a side stream, capture, replay.
 
     Inputs are copied into the static buffers, and outputs are cloned out of the graph's memory, so a caller never
-    holds a tensor that the next replay overwrites.
+    holds a tensor that the next replay overwrites. `fn` is kept: the graph reads its weights and buffers by address,
+    and were the module freed, the allocator would hand that memory out again (seen on the H100: garbage and NaN from
+    the second replay on, and an out-of-range embedding index when CLIP's position ids were overwritten).
     """
 
     def __init__(self, fn: Fn, example_inputs: dict[str, Tensor], *, warmup: int = 3):
+        self.fn = fn
         self.static_in = {k: v.clone() for k, v in example_inputs.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -96,10 +96,9 @@ class TextEncoder(nn.Module):
         return cls(CLIPTextModel(hf_config(cfg)), nn.Linear(cfg.width, text_dim))
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        # The tower's own layers, with positions and the causal mask made here by kernels. Under a CUDA graph, the
-        # tower's stride-0 `position_ids` buffer fed its embedding gather out-of-range indices on later replays (seen
-        # on the H100: a device-side assert), and transformers' mask helper copies a host scalar, which capture
-        # forbids; UniDiffuser never uses the pooled output. Equal to `clip(input_ids).last_hidden_state` bit for bit.
+        # The tower's own layers, with positions and the causal mask made here by kernels: transformers' mask helper
+        # copies a host scalar to the GPU, which CUDA-graph capture forbids, and its pooled output (unused by
+        # UniDiffuser) indexes by a data-dependent argmax. Equal to `clip(input_ids).last_hidden_state` bit for bit.
         tower = text_tower(self.clip)
         L = input_ids.shape[1]
         positions = torch.arange(L, device=input_ids.device)[None]  # (1, 77)
