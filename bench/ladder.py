@@ -66,6 +66,9 @@ LADDER: list[Rung] = [
     # issue 6: fused attention everywhere, the decoder channels_last with the Triton GroupNorm, the loop one graph
     Rung("fast", "Inductor-FP16 + SDPA + whole-loop graph",
          {c: Build("inductor", "fp16", True, FAST_OPTIONS[c]) for c in ("clip", "uvit", "decoder")}, loop=True),
+    Rung("fast-fp8", "the same with FP8 U-ViT block linears",
+         {c: Build("inductor", "fp8" if c == "uvit" else "fp16", True, FAST_OPTIONS[c])
+          for c in ("clip", "uvit", "decoder")}, loop=True),
 ]  # fmt: skip
 BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
 
