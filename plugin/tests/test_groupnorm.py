@@ -90,7 +90,7 @@ def test_works_inside_torch_compile_and_cuda_graphs():
 
     if INTERPRETING:
         pytest.skip("compile and graphs need the GPU kernels, not the interpreter")
-    tg = TritonGroupNorm(32, 128, 1e-6, silu=True).cuda().half()
+    tg = TritonGroupNorm(32, 128, 1e-6, silu=True).cuda().half().requires_grad_(False)  # inference: no autograd
     x = torch.randn(1, 128, 64, 64, device="cuda", dtype=torch.float16)
     expect = tg(x)
     compiled = torch.compile(tg, fullgraph=True)  # one opaque custom op: no graph break
