@@ -93,8 +93,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
         raise RuntimeError(f"exported graph takes {sorted(expected)}, not the component's inputs {sorted(static)}")
 
     def run(**inputs: Tensor) -> dict[str, Tensor]:
-        check_inputs(static, inputs)
-        feeds = {k: v.detach().cpu().numpy() for k, v in inputs.items()}
+        feeds = {k: v.detach().cpu().numpy() for k, v in check_inputs(static, inputs).items()}
         outs = session.run(names, feeds)
         return {n: torch.from_numpy(o).to(device) for n, o in zip(names, outs, strict=True)}
 

@@ -42,15 +42,22 @@ def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False) -> Fn:
     return run
 
 
-def check_inputs(static: dict[str, Tensor], inputs: dict[str, Tensor]) -> None:
+def check_inputs(static: dict[str, Tensor], inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inputs in the dtypes the engine was built for. Shapes must match; a floating input may come in another
+    floating dtype (an fp16 CLIP feeding an fp32-input U-ViT step), as eager modules accept it, and is cast."""
     if inputs.keys() != static.keys():
         raise ValueError(f"inputs {sorted(inputs)} differ from the engine's {sorted(static)}")
+    out = {}
     for k, v in inputs.items():
-        if v.shape != static[k].shape or v.dtype != static[k].dtype:
+        want = static[k]
+        if v.shape != want.shape or (
+            v.dtype != want.dtype and not (v.is_floating_point() and want.is_floating_point())
+        ):
             raise ValueError(
-                f"input {k!r} is {tuple(v.shape)} {v.dtype}; this engine was built for {tuple(static[k].shape)} "
-                f"{static[k].dtype}"
+                f"input {k!r} is {tuple(v.shape)} {v.dtype}; this engine was built for {tuple(want.shape)} {want.dtype}"
             )
+        out[k] = v.to(want.dtype)
+    return out
 
 
 class Graphed:
@@ -77,8 +84,7 @@ class Graphed:
         torch.cuda.synchronize()
 
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
-        check_inputs(self.static_in, inputs)
-        for k, v in inputs.items():
+        for k, v in check_inputs(self.static_in, inputs).items():
             self.static_in[k].copy_(v)
         self.graph.replay()
         return {k: v.clone() for k, v in self.static_out.items()}

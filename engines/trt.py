@@ -91,7 +91,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     static = dict(example_inputs)
 
     def run(**inputs: Tensor) -> dict[str, Tensor]:
-        check_inputs(static, inputs)
+        inputs = check_inputs(static, inputs)
         feeds = {n: inputs[n].contiguous() for n in inputs_io}  # held until the launch below is enqueued
         outs = {n: torch.empty(shape, dtype=dtype, device=device) for n, (shape, dtype) in shapes.items()}
         for n, t in {**feeds, **outs}.items():

@@ -166,3 +166,16 @@ def test_clip_graph_survives_many_replays_of_random_prompts(cpu_models, backend)
         a, b = graphed.output(input_ids=ids).double(), eager.output(input_ids=ids).double()
         assert ((a - b).norm() / b.norm()).item() < 5e-3  # fp16: Inductor fuses differently from eager
     torch.cuda.synchronize()
+
+
+def test_engines_take_another_floating_dtype_but_not_another_shape(cpu_models):
+    """An fp16 CLIP feeds an fp32-input U-ViT step in a pipeline: floating inputs are cast, shapes must match."""
+    from engines.runtime import check_inputs
+
+    static = {"x": torch.zeros(1, 4), "ids": torch.zeros(1, 3, dtype=torch.long)}
+    cast = check_inputs(static, {"x": torch.ones(1, 4, dtype=torch.float16), "ids": torch.ones(1, 3, dtype=torch.long)})
+    assert cast["x"].dtype == torch.float32 and cast["ids"].dtype == torch.long
+    with pytest.raises(ValueError, match=r"input 'ids' is \(1, 3\) torch.float32"):
+        check_inputs(static, {"x": torch.ones(1, 4), "ids": torch.ones(1, 3)})
+    with pytest.raises(ValueError, match=r"input 'x' is \(2, 4\)"):
+        check_inputs(static, {"x": torch.ones(2, 4), "ids": torch.ones(1, 3, dtype=torch.long)})
