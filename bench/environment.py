@@ -21,8 +21,10 @@ def _run(cmd: list[str]) -> str:
 
 
 def git_commit() -> str:
-    """The checkout's commit; where the tree is a copy without .git (the lent GPU), UNIDIFFUSER_COMMIT says it."""
-    commit = _run(["git", "rev-parse", "--short=12", "HEAD"]) or os.environ.get("UNIDIFFUSER_COMMIT", "unknown")
+    """UNIDIFFUSER_COMMIT when set (a copied tree may carry a stale .git: the lent GPU's did), else the checkout's."""
+    if os.environ.get("UNIDIFFUSER_COMMIT"):
+        return os.environ["UNIDIFFUSER_COMMIT"]
+    commit = _run(["git", "rev-parse", "--short=12", "HEAD"]) or "unknown"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     return commit + ("+dirty" if dirty else "")
 

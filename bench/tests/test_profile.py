@@ -36,3 +36,12 @@ def test_engine_options_parse_from_the_command_line():
     assert parse_options(["attention=sdpa", "channels_last=true"]) == {"attention": "sdpa", "channels_last": True}
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         parse_options(["attention"])
+
+
+def test_reports_name_the_commit_given_in_the_environment(monkeypatch):
+    from bench.environment import git_commit
+
+    monkeypatch.setenv("UNIDIFFUSER_COMMIT", "ceabff6")
+    assert git_commit() == "ceabff6"
+    monkeypatch.delenv("UNIDIFFUSER_COMMIT")
+    assert git_commit() != "ceabff6"
