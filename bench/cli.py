@@ -194,11 +194,11 @@ def profile_engine(
     from engines.components import example_inputs
     from reports.common import check_writable
 
+    options = parse_options(list(option))
     if not torch.cuda.is_available():
         raise ValueError("profiling times CUDA kernels; torch sees no CUDA device")
     cfg, dev = resolve(size, "cuda")
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
-    options = parse_options(list(option))
     kw = dict(backend=backend, precision=precision, cuda_graph=cuda_graph, **options)
     if component == "sampler":
         engine = build_sampler(models, **kw)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from engines import register_engine
-from engines.runtime import cast, finish, take_options
+from engines.runtime import cast, finish, swap_children, take_options
 from reference import autoencoder as ae
 
 
@@ -19,12 +19,7 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
         raise ValueError(f"unknown groupnorm kernel {kernel!r}; choose from ['torch', 'triton']")
     from plugin.groupnorm import TritonGroupNorm
 
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, ae.GroupNorm):
-                kernel_gn = TritonGroupNorm.from_groupnorm(child)
-                kernel_gn._forward_hooks = child._forward_hooks  # a mark on the layer stays on it
-                setattr(parent, name, kernel_gn)
+    swap_children(module, ae.GroupNorm, TritonGroupNorm.from_groupnorm)
     return module
 
 

@@ -47,18 +47,8 @@ class Fp8Linear(nn.Module):
 
 
 def swap_linears(module: nn.Module) -> int:
-    """Replace the linear layers of every U-ViT block by Fp8Linear (marks on them stay); returns how many."""
+    """Replace the linear layers of every U-ViT block (LINEARS_PER_BLOCK) by Fp8Linear, marks kept; how many."""
+    from engines.runtime import swap_children
     from reference.uvit import Block
 
-    swapped = 0
-    for block in [m for m in module.modules() if isinstance(m, Block)]:
-        for path in LINEARS_PER_BLOCK:
-            parent_path, _, name = path.rpartition(".")
-            parent = block.get_submodule(parent_path) if parent_path else block
-            child = getattr(parent, name, None)
-            if isinstance(child, nn.Linear):
-                fp8 = Fp8Linear(child)
-                fp8._forward_hooks = child._forward_hooks
-                setattr(parent, name, fp8)
-                swapped += 1
-    return swapped
+    return sum(swap_children(b, nn.Linear, Fp8Linear) for b in [m for m in module.modules() if isinstance(m, Block)])

@@ -103,6 +103,20 @@ def finish(
     return graphed, {"capture": time.perf_counter() - t0}
 
 
+def swap_children(module: nn.Module, kind: type | tuple[type, ...], make: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace every submodule of type `kind` by `make(it)`; a mark (forward hook) on a replaced layer stays on it.
+    Returns how many were replaced."""
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                new = make(child)
+                new._forward_hooks = child._forward_hooks
+                setattr(parent, name, new)
+                swapped += 1
+    return swapped
+
+
 def take_options(options: dict, allowed: dict[str, object], *, backend: str) -> dict[str, object]:
     unknown = sorted(set(options) - set(allowed))
     if unknown:

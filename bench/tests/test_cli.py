@@ -32,8 +32,10 @@ def test_generate_help_lists_the_options(bench):
         (["generate", "--precision", "fp16"], "*the reference pipeline is strict fp32*"),
         (["references", "--out", "x", "--prompts", "/nope.tsv"], "*prompts file /nope.tsv does not exist*"),
         (["quality", "--reference", "a", "--candidates", "b"], "*share no image*"),
+        (["generate", "--rung", "fast", "--backend", "eager"], "*--rung chooses every engine itself*"),
+        (["profile", "--component", "uvit", "--option", "sdpa"], "*is not KEY=VALUE*"),
     ],
-    ids=["backend", "weights", "reference-fp16", "prompts", "quality"],
+    ids=["backend", "weights", "reference-fp16", "prompts", "quality", "rung-and-backend", "profile-option"],
 )
 def test_bad_input_is_one_clear_line(bench, args, message):
     result = bench(*args)
@@ -46,7 +48,7 @@ def test_bad_input_is_one_clear_line(bench, args, message):
     "option, value, message",
     [
         ("--backends", "tvm", "*unknown backend ?'tvm'?; choose from*"),
-        ("--precisions", "fp8", "*unknown precision ?'fp8'?; choose from*"),
+        ("--precisions", "int4", "*unknown precision ?'int4'?; choose from*"),
         ("--size", "huge", "*unknown size ?'huge'?; choose from*"),
         ("--weights", "/nonexistent", "*weights folder '/nonexistent' does not exist*"),
     ],

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from engines import BackendUnavailable, build_engine
-from engines.fp8 import E4M3_MAX, Fp8Linear, quantize, swap_linears
+from engines.fp8 import E4M3_MAX, LINEARS_PER_BLOCK, Fp8Linear, quantize, swap_linears
 
 
 def test_fp8_linear_approximates_the_linear_within_e4m3_rounding():
@@ -42,6 +42,8 @@ def test_swap_covers_every_block_linear_and_keeps_marks():
     depth = uvit.cfg.depth  # depth // 2 in-blocks and out-blocks (with skip_linear) and the mid block
     assert swap_linears(uvit) == 4 * (depth // 2 + 1) + 5 * (depth // 2)
     assert not any(isinstance(m, nn.Linear) for b in uvit.in_blocks for m in b.modules())
+    swapped = {n for n, m in uvit.out_blocks[0].named_modules() if isinstance(m, Fp8Linear)}
+    assert swapped == set(LINEARS_PER_BLOCK)
     assert isinstance(uvit.text_embed, nn.Linear)  # outside the blocks, fp16 stays
     uvit.in_blocks[0](torch.randn(1, 8, uvit.cfg.embed_dim))
     assert seen == ["Fp8Linear"]
