@@ -27,6 +27,19 @@ def load_rows(paths: list[Path]) -> tuple[pd.DataFrame, dict[str, str]]:
     return df, data[0]["env"]
 
 
+def runs(paths: list[Path]) -> pd.DataFrame:
+    """Where each merged file came from: its date, commit and GPU, and how many engines it holds."""
+    rows = []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        env = data["env"]
+        engines = len({r["engine"] for r in data["rows"]})
+        rows.append(
+            {"file": Path(p).name, **{k: env.get(k, "-") for k in ("date", "commit", "gpu")}, "engines": engines}
+        )
+    return pd.DataFrame(rows)
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per engine: verdict, first failing mark, the output's error and the worst mark."""
     rows = []
@@ -83,8 +96,13 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def to_markdown(df: pd.DataFrame, env: dict[str, str], *, image: str) -> str:
+def to_markdown(df: pd.DataFrame, env: dict[str, str], *, image: str, merged: pd.DataFrame | None = None) -> str:
     parts = [env_header("Layer-wise accuracy against the strict-fp32 reference", env)]
+    if merged is not None and len(merged) > 1:
+        parts.append(
+            "The header is the first run's; this report merges these runs (a later run's row replaces an earlier "
+            "one of the same engine and mark):\n\n" + merged.to_markdown(index=False) + "\n"
+        )
     parts.append(
         "Every engine runs the same inputs as the fp32 PyTorch reference (TF32 off); each mark is compared in fp64. "
         "A mark passes when its relative L2 error is at most `bound = max(4u, k * floor)`, where `floor` is the fp32 "
@@ -110,5 +128,5 @@ def write_report(results: list[Path], out: Path, *, overwrite: bool = False) -> 
     out = check_writable(out, overwrite=overwrite)
     png = check_writable(out.with_suffix(".png"), overwrite=overwrite)
     plot(df, png)
-    out.write_text(to_markdown(df, env, image=png.name))
+    out.write_text(to_markdown(df, env, image=png.name, merged=runs(results)))
     return out

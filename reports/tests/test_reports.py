@@ -45,3 +45,16 @@ def test_reports_never_overwrite_unasked(accuracy_results, tmp_path):
         check_writable(accuracy_results / "accuracy.md", overwrite=False)
     out = write_report(sorted(accuracy_results.glob("accuracy-*.json")), tmp_path / "a.md")
     assert out.exists() and (tmp_path / "a.png").exists()
+
+
+def test_a_merged_report_lists_its_runs(accuracy_results, tmp_path):
+    import json
+
+    first = sorted(accuracy_results.glob("accuracy-*.json"))[0]
+    data = json.loads(first.read_text())
+    data["env"]["commit"] = "abc123"
+    second = tmp_path / "accuracy-later.json"
+    second.write_text(json.dumps(data))
+    md = write_report([first, second], tmp_path / "m.md").read_text()
+    assert "this report merges these runs" in md
+    assert f"| {first.name} " in md and "| accuracy-later.json " in md and "abc123" in md
