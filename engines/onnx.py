@@ -28,10 +28,14 @@ GROUPNORM = ("centered", "onnx")
 
 
 class CenteredGroupNorm(nn.Module):
-    """GroupNorm as an explicit mean and centred variance, in at least fp32. torch's exporter writes GroupNorm as
-    InstanceNormalization, whose onnxruntime CPU kernel lost digits where a group's mean is large against its spread
-    (E[x^2] - E[x]^2): 27x PyTorch's fp32 error on such an input, and the first failing mark of the full-size decoder
-    (decoder.up.0.block.0.norm1) on the H100."""
+    """GroupNorm written out so that onnxruntime computes it as exactly as PyTorch does, in at least fp32.
+
+    torch's exporter writes GroupNorm as InstanceNormalization, and a plain mean / centred-variance rewrite is fused by
+    onnxruntime back into one normalisation kernel; both sum a whole group (up to 8 channels x 512 x 512 = 2M
+    elements in the decoder) in one fp32 accumulator, and lose digits where the group's mean is large against its
+    spread: the first failing mark of the full-size decoder (decoder.up.0.block.0.norm1, 54x the fp32 floor). Here
+    every mean is a cascade of means over one axis at a time (at most 512 terms each), and the mean is corrected by
+    the mean of the residuals before the variance is taken."""
 
     def __init__(self, gn: nn.GroupNorm):
         super().__init__()
@@ -40,13 +44,15 @@ class CenteredGroupNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W)
         from reference.uvit import upcast
 
-        N, C = x.shape[:2]
-        groups = upcast(x).reshape(N, self.num_groups, -1)  # (N, G, C/G * H * W)
-        shifted = groups - groups.mean(-1, keepdim=True)
-        # a second pass corrects the mean by the mean of the residuals: onnxruntime's ReduceMean sums naively
-        centred = shifted - shifted.mean(-1, keepdim=True)
-        var = (centred * centred).mean(-1, keepdim=True)
-        y = (centred * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        N, C, H, W = x.shape
+        groups = upcast(x).reshape(N, self.num_groups, C // self.num_groups, H, W)
+
+        def mean(t: Tensor) -> Tensor:  # (N, G, C/G, H, W) -> (N, G, 1, 1, 1)
+            return t.mean(-1, keepdim=True).mean(-2, keepdim=True).mean(-3, keepdim=True)
+
+        shifted = groups - mean(groups)
+        centred = shifted - mean(shifted)
+        y = (centred * torch.rsqrt(mean(centred * centred) + self.eps)).reshape(x.shape)
         return (y * upcast(self.weight)[:, None, None] + upcast(self.bias)[:, None, None]).type_as(x)
 
 

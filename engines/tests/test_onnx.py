@@ -113,19 +113,20 @@ def test_missing_onnxscript_names_the_package(monkeypatch, models):
 
 
 def test_onnx_groupnorm_keeps_fp32_accuracy_where_the_mean_dominates():
-    """A group whose mean is large against its spread: the centred export stays as exact as PyTorch's fp32."""
+    """A decoder-sized group (1M elements) whose mean is large against its spread: the export stays as exact as
+    PyTorch's fp32, where the exporter's InstanceNormalization is not."""
     import copy
 
     from engines.components import Marked
     from engines.onnx import centre_groupnorms
     from reference.autoencoder import GroupNorm
 
-    gn = GroupNorm(64).eval()
+    gn = GroupNorm(128).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        gn.weight.copy_(torch.randn(64, generator=g))
-        gn.bias.copy_(torch.randn(64, generator=g))
-    x = torch.randn(1, 64, 128, 128, generator=g) * 0.05 + 3.0
+        gn.weight.copy_(torch.randn(128, generator=g))
+        gn.bias.copy_(torch.randn(128, generator=g))
+    x = torch.randn(1, 128, 512, 512, generator=g) * 0.05 + 3.0
 
     class Norm(torch.nn.Module):
         def __init__(self):
@@ -152,3 +153,4 @@ def test_onnx_groupnorm_keeps_fp32_accuracy_where_the_mean_dominates():
         want = copy.deepcopy(gn).double()(x.double())
         fp32 = ((gn(x).double() - want).norm() / want.norm()).item()
     assert ort_error(centre_groupnorms(Norm())) < 4 * fp32
+    assert ort_error(Norm()) > 4 * fp32  # what the exporter's own GroupNorm gives
