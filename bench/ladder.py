@@ -2,7 +2,8 @@
 
 Each rung says how each component is built. The first two reproduce the seed's PyTorch columns: the strict-fp32
 reference (U-ViT guidance as two calls, like upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and
-decoder in fp32). The seed's TensorRT columns become the best engine we can run here, Inductor.
+decoder in fp32). The seed's TensorRT columns become the best engine we can run here, Inductor; `fast` is the
+fastest accurate configuration measured (reports/speedup.md), `fast-fp8` the same with FP8 U-ViT block linears.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ LADDER: list[Rung] = [
     Rung("inductor-fp16", "Inductor-FP16", _all(Build("inductor", "fp16"))),
     Rung("inductor-fp16-graph", "Inductor-FP16 + CUDA graph", _all(Build("inductor", "fp16", True))),
     Rung("eager-fp16-graph", "Eager-FP16 + CUDA graph", _all(Build("eager", "fp16", True))),
-    # issue 6: fused attention everywhere, the decoder channels_last with the Triton GroupNorm, the loop one graph
+    # issue 6: fused attention (SDPA) everywhere, the decoder channels_last, the 50-call solver loop as one graph
     Rung("fast", "Inductor-FP16 + SDPA + whole-loop graph",
          {c: Build("inductor", "fp16", True, FAST_OPTIONS[c]) for c in ("clip", "uvit", "decoder")}, loop=True),
     Rung("fast-fp8", "the same with FP8 U-ViT block linears",
