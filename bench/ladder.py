@@ -1,4 +1,4 @@
-"""The ablation ladder: the columns of the seed's speed-up table, in order, in one place, and how a rung becomes pipeline stages.
+"""The ablation ladder: the columns of the seed's speed-up table, in order, in one place; and a rung's engines.
 
 Each rung says how each component is built. The first two reproduce the seed's PyTorch columns: the strict-fp32
 reference (U-ViT guidance as two calls, like upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and
