@@ -65,3 +65,17 @@ def test_pytest_help_documents_the_options(pytester):
     test_file = Path(__file__).with_name("test_flops.py")
     result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file), "--help")
     result.stdout.fnmatch_lines(["*unidiffuser:*", "*--backends=LIST*", "*--accuracy-report=PATH*", "*Default:*"])
+
+
+def test_a_rung_builds_the_pipeline_its_column_describes():
+    """`--rung pytorch-fp32` is the reference through engines (eager fp32, two-call guidance): the same image."""
+    import torch
+
+    from bench.cli import make_pipeline
+
+    reference, _ = make_pipeline(size="tiny", device="cpu")
+    rung, meta = make_pipeline(size="tiny", device="cpu", rung="pytorch-fp32")
+    assert meta["engines"] == {"clip": "clip/eager/fp32", "uvit": "uvit/eager/fp32+guidance=two-calls",
+                               "decoder": "decoder/eager/fp32"}  # fmt: skip
+    a, b = rung("A dog adventuring under the sea", 29764), reference("A dog adventuring under the sea", 29764)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.image, b.image)
