@@ -10,14 +10,13 @@ import argparse
 import json
 import statistics
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from bench import ladder
 from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
-from engines.sampler import build_sampler
+from engines.sampler import build_sampler, sampler_inputs
 from reference.checkpoints import load_models
 from reference.configs import SIZES, ModelConfig
 from reference.images import check_free, write_images
@@ -58,8 +57,7 @@ def make_pipeline(
         if backend != REFERENCE or precision != "fp32" or cuda_graph:
             raise ValueError("--rung chooses every engine itself; leave --backend, --precision and --cuda-graph out")
         chosen = ladder.rung(rung)
-        get = lambda c, b: (build_sampler if c == "sampler" else partial(build_engine, c))(models, **b.kwargs)  # noqa: E731
-        engines = ladder.rung_engines(chosen, get)
+        engines = ladder.rung_engines(chosen, lambda c, b: ladder.build(c, b, models))
         meta.update(backend=f"rung {rung}", precision="mixed", engines={c: e.name for c, e in engines.items()})
         meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
         stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
@@ -202,12 +200,7 @@ def profile_engine(
     kw = dict(backend=backend, precision=precision, cuda_graph=cuda_graph, **options)
     if component == "sampler":
         engine = build_sampler(models, **kw)
-        u = cfg.uvit
-        inputs = {
-            "x": torch.randn(1, u.x_dim, device=dev),
-            "text": torch.randn(1, u.num_text_tokens, u.text_dim, device=dev),
-            "text_noise": torch.randn(engine.meta["calls"], 1, u.num_text_tokens, u.text_dim, device=dev),
-        }
+        inputs = sampler_inputs(models, calls=engine.meta["calls"])
         flops = engine.meta["calls"] * component_flops("uvit", cfg.name)
     else:
         engine = build_engine(component, models, **kw)

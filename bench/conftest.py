@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 
 from bench.ladder import LADDER, Build
+from bench.ladder import build as ladder_build
 from bench.matrix import matrix
-from engines import BackendUnavailable, build_engine, unavailable
+from engines import BackendUnavailable, unavailable
 from engines.components import COMPONENTS
-from engines.sampler import build_sampler
 
 
 def _cases(config: pytest.Config) -> list[tuple[str, Build]]:
@@ -55,8 +53,7 @@ def engine_for(models):
         key = (component, build)
         if key not in cache:
             try:
-                build_fn = build_sampler if component == "sampler" else partial(build_engine, component)
-                cache[key] = build_fn(models, **build.kwargs)
+                cache[key] = ladder_build(component, build, models)
             except BackendUnavailable as e:
                 pytest.skip(str(e))
         return cache[key]

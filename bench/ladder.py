@@ -74,6 +74,16 @@ LADDER: list[Rung] = [
 BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
 
 
+def build(component: str, spec: Build, models) -> object:
+    """The engine `spec` describes for `component`; "sampler" is the whole solver loop around that U-ViT step."""
+    from engines import build_engine
+    from engines.sampler import build_sampler
+
+    if component == "sampler":
+        return build_sampler(models, **spec.kwargs)
+    return build_engine(component, models, **spec.kwargs)
+
+
 def rung_engines(rung: Rung, get: Callable[[str, Build], object]) -> dict[str, object]:
     """The engines of a pipeline on this rung, from `get(component, build)`; under `loop`, "uvit" is the sampler."""
     engines = {c: get(c, b) for c, b in rung.builds.items() if not (rung.loop and c == "uvit")}

@@ -51,14 +51,19 @@ def require(backend: str) -> None:
             raise BackendUnavailable(f"{module} is not installed: {how}")
 
 
+def check_supported(backend: str, *, device: torch.device, precision: str, cuda_graph: bool) -> None:
+    """Raise BackendUnavailable when this machine cannot build the engine: a missing package, the device, or what
+    the backend itself cannot do (its registered limits)."""
+    require(backend)
+    check_device_support(device, precision=precision, cuda_graph=cuda_graph)
+    if backend in LIMITS:
+        LIMITS[backend](device=device, precision=precision, cuda_graph=cuda_graph)
+
+
 def unavailable(backend: str, *, device: torch.device, precision: str, cuda_graph: bool) -> str | None:
     """Why this engine cannot be built here, or None: what a test reports as its skip reason."""
     try:
-        name = check_backend(backend)
-        require(name)
-        check_device_support(device, precision=precision, cuda_graph=cuda_graph)
-        if name in LIMITS:
-            LIMITS[name](device=device, precision=precision, cuda_graph=cuda_graph)
+        check_supported(check_backend(backend), device=device, precision=precision, cuda_graph=cuda_graph)
     except BackendUnavailable as e:
         return str(e)
     return None
@@ -180,12 +185,9 @@ def build_engine(
     backend, precision = check_backend(backend), check_precision(precision)
     if precision == "fp8" and component != "uvit":
         raise ValueError("fp8 applies to the U-ViT's block linears; build clip and the decoder in fp16")
-    require(backend)
     source = module if module is not None else component_module(component, models, guidance=guidance)
     device = torch.device(device) if device is not None else next(source.parameters()).device
-    check_device_support(device, precision=precision, cuda_graph=cuda_graph)
-    if backend in LIMITS:
-        LIMITS[backend](device=device, precision=precision, cuda_graph=cuda_graph)
+    check_supported(backend, device=device, precision=precision, cuda_graph=cuda_graph)
     marks = check_marks(component, source, tuple(marks))
     if postprocess and (component != "decoder" or marks):
         raise ValueError("postprocess folds uint8 conversion into an unmarked decoder only")

@@ -22,6 +22,18 @@ from reference import dpm_solver
 from reference.checkpoints import Models
 
 
+def sampler_inputs(models: Models, *, calls: int, seed: int = 0) -> dict[str, Tensor]:
+    """Random inputs of one image's loop (drawn on the CPU, then on the models' device)."""
+    cfg, device = models.config.uvit, next(models.uvit.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "x": torch.randn(1, cfg.x_dim, generator=g),
+        "text": torch.randn(1, cfg.num_text_tokens, cfg.text_dim, generator=g),
+        "text_noise": torch.randn(calls, 1, cfg.num_text_tokens, cfg.text_dim, generator=g),
+    }
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
 def build_sampler(
     models: Models,
     *,
@@ -47,15 +59,8 @@ def build_sampler(
 
         return {"output": dpm_solver.sample(data_prediction, x, plan)}
 
-    cfg = models.config.uvit
-    g = torch.Generator().manual_seed(0)
-    example = {
-        "x": torch.randn(1, cfg.x_dim, generator=g),
-        "text": torch.randn(1, cfg.num_text_tokens, cfg.text_dim, generator=g),
-        "text_noise": torch.randn(plan.calls, 1, cfg.num_text_tokens, cfg.text_dim, generator=g),
-    }
     fn, seconds = finish(
-        loop, precision=precision, example_inputs={k: v.to(device) for k, v in example.items()}, cuda_graph=cuda_graph
+        loop, precision=precision, example_inputs=sampler_inputs(models, calls=plan.calls), cuda_graph=cuda_graph
     )
     seconds = {**{f"step_{k}": v for k, v in step.seconds.items()}, **seconds, "build": time.perf_counter() - t0}
     name = engine_name("sampler", step.backend, precision, cuda_graph, options)
