@@ -30,8 +30,8 @@ def image_plan(
     """(prompts in call order, warm-up count, timed count) for one pipeline benchmark."""
     if protocol == "seed":
         rows = read_prompts(default_prompts_path())
-        rows = rows[:limit] if limit else rows
-        return rows[:seed_warmup] + rows, seed_warmup, len(rows)
+        timed = rows[:limit] if limit else rows  # the warm-up images come from the whole file, whatever the limit
+        return rows[:seed_warmup] + timed, min(seed_warmup, len(rows)), len(timed)
     first = (
         read_prompts(default_prompts_path())[0]
         if _has_prompts()
