@@ -24,18 +24,23 @@ SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, 
 
 
 def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
-    """One row per benchmark (merged over files, e.g. xdist workers or split runs); machine info of the first."""
+    """One row per benchmark (merged over files, e.g. xdist workers or split runs; a name seen twice keeps the later
+    file's); machine info of the first."""
     if not paths:
         raise ValueError("no benchmark JSON files given")
-    rows, machine = [], None
+    rows, machine, runs = [], None, []
     for path in paths:
         data = json.loads(Path(path).read_text())
         machine = machine or data.get("machine_info", {})
+        env = environment_of(data.get("machine_info", {}))
+        runs.append({"file": Path(path).name, **{k: env.get(k, "-") for k in ("date", "commit", "gpu")},
+                     "benchmarks": len(data["benchmarks"])})  # fmt: skip
         for b in data["benchmarks"]:
             info = dict(b.get("extra_info", {}))
             row = {"name": b["name"], "group": b.get("group"), "wall_median_ms": b["stats"]["median"] * 1e3, **info}
             rows.append(row)
     df = pd.DataFrame(rows).drop_duplicates("name", keep="last")
+    df.attrs["runs"] = pd.DataFrame(runs)  # which file (date, commit) each part of the report comes from
     return df, machine or {}
 
 
@@ -159,6 +164,8 @@ def to_markdown(df: pd.DataFrame, env: dict) -> str:
         + build_seconds(df).map(lambda v: "-" if pd.isna(v) else f"{v:.1f}").to_markdown()
         + "\n"
     )
+    if "runs" in df.attrs:
+        parts.append("## Runs merged\n\n" + df.attrs["runs"].to_markdown(index=False) + "\n")
     parts.append("## The seed's table (NVIDIA A10, ms), for comparison\n\n" + seed.to_markdown() + "\n")
     return "\n".join(parts)
 

@@ -40,3 +40,6 @@ def test_the_report_merges_the_workers(worker_files):
     assert {"clip", "uvit", "decoder", "pipeline"} <= set(df["group"])
     md = to_markdown(df, machine["unidiffuser"])
     assert "| clip + encode_prefix" in md and "PyTorch-FP32 (reference)" in md and "| size    | tiny" in md
+    runs = df.attrs["runs"]  # the report names the file each part comes from
+    assert list(runs["file"]) == ["bench-gw0.json", "bench-gw1.json"] and "## Runs merged" in md
+    assert runs["benchmarks"].sum() == len(df)
