@@ -128,7 +128,7 @@ class Marked(nn.Module):
 
     def __init__(self, module: nn.Module, marks: tuple[str, ...]):
         super().__init__()
-        self.module = module
+        self.module, self.marks = module, marks
         self._store: dict[str, Tensor] = {}
         by_mark = module_by_mark(module)
         self._handles = [by_mark[m].register_forward_hook(self._recorder(m)) for m in marks]

@@ -74,6 +74,13 @@ def _layout(x: Tensor) -> tuple[int, int, int]:
 
 @torch.library.custom_op("unidiffuser::group_norm", mutates_args=())
 def group_norm(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float, silu: bool) -> Tensor:
+    y = torch.empty_like(x)  # keeps x's memory format
+    group_norm_into(y, x, weight, bias, num_groups, eps, silu)
+    return y
+
+
+def group_norm_into(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float, silu: bool):
+    """The kernels writing into `y` (x's shape, dtype and layout): a TensorRT plugin hands over its output buffer."""
     if x.dim() != 4:
         raise ValueError(f"group_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
     N, C, H, W = x.shape
@@ -97,9 +104,9 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: fl
     sq = (mean - group_mean[:, None]) ** 2
     group_m2 = m2.sum(1) + sq[:, :-1].sum(1) * n_full + sq[:, -1] * n_last
     rstd = torch.rsqrt(group_m2 / total + eps)
-    y = torch.empty_like(x)  # keeps x's memory format
+    if y.shape != x.shape or y.stride() != x.stride():
+        raise ValueError(f"group_norm output {tuple(y.shape)}, strides {y.stride()}, does not match x's {x.stride()}")
     _normalize[grid](x, y, weight, bias, group_mean, rstd, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P, silu)
-    return y
 
 
 @group_norm.register_fake
