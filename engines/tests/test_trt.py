@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engines import build_engine, unavailable
-from engines.components import component_module, default_marks, example_inputs
+from engines.components import example_inputs
+from engines.tests import engine_against_eager
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -27,14 +28,7 @@ def models():
 def test_trt_marks_line_up_with_eager(models, component, precision, bound):
     if reason := why(precision):
         pytest.skip(reason)
-    marks = default_marks(component, component_module(component, models))
-    inputs = example_inputs(component, models.config, device=DEVICE)
-    engine = build_engine(component, models, backend="trt", precision=precision, marks=marks)
-    got, want = engine(**inputs), build_engine(component, models, marks=marks)(**inputs)
-    assert list(got) == list(want)
-    for name in want:
-        a, b = got[name].double(), want[name].double()
-        assert ((a - b).norm() / b.norm()).item() < bound, name
+    engine = engine_against_eager(models, component, bound=bound, device=DEVICE, backend="trt", precision=precision)
     assert engine.seconds["trt_build"] > 0 and engine.meta["norm_compute_precision"] == "fp32"
 
 

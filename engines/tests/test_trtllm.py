@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engines import BackendUnavailable, build_engine, unavailable
-from engines.components import component_module, default_marks, example_inputs
+from engines.components import component_module, example_inputs
+from engines.tests import engine_against_eager
 from engines.trtllm import component_of, weights
 from reference.checkpoints import load_models
 from reference.configs import ModelConfig
@@ -74,14 +75,7 @@ def test_trtllm_marks_line_up_with_eager(models, component, precision, bound):
     if reason := why(precision):
         pytest.skip(reason)
     models = models.to(DEVICE)
-    marks = default_marks(component, component_module(component, models))
-    inputs = example_inputs(component, models.config, device=DEVICE)
-    engine = build_engine(component, models, backend="trtllm", precision=precision, marks=marks)
-    got, want = engine(**inputs), build_engine(component, models, marks=marks)(**inputs)
-    assert sorted(got) == sorted(want)
-    for name in want:
-        a, b = got[name].double(), want[name].double()
-        assert ((a - b).norm() / b.norm()).item() < bound, name
+    engine = engine_against_eager(models, component, bound=bound, device=DEVICE, backend="trtllm", precision=precision)
     assert engine.seconds["trtllm_build"] > 0 and engine.meta["norm_precision"] == "fp32"
 
 
