@@ -25,11 +25,11 @@ WARMUP_IMAGES = 5  # the original protocol
 
 
 def image_plan(
-    protocol: str, *, rounds: int, warmup: int, seed_warmup: int = WARMUP_IMAGES, limit: int = 0
+    protocol: str, *, rounds: int, warmup: int, seed_warmup: int = WARMUP_IMAGES, limit: int = 0, path=None
 ) -> tuple[list[Prompt], int, int]:
-    """(prompts in call order, warm-up count, timed count) for one pipeline benchmark."""
+    """(prompts in call order, warm-up count, timed count) for one pipeline benchmark; `path`: prompts.tsv."""
     if protocol == "seed":
-        rows = read_prompts(default_prompts_path())
+        rows = read_prompts(path or default_prompts_path())
         timed = rows[:limit] if limit else rows  # the warm-up images come from the whole file, whatever the limit
         return rows[:seed_warmup] + timed, min(seed_warmup, len(rows)), len(timed)
     first = (
