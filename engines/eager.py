@@ -45,12 +45,16 @@ def set_attention(module: nn.Module, kind: str) -> nn.Module:
 
 def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -> tuple[nn.Module, dict]:
     """The module transforms the eager and inductor backends share; returns the module and what was applied."""
+    from engines import fused
+
     defaults = {
-        "attention": "math", "groupnorm": "torch", "channels_last": False, "cudnn_benchmark": False, **EXTRA[backend]
+        "attention": "math", "groupnorm": "torch", "channels_last": False, "cudnn_benchmark": False,
+        **{name: choices[0] for name, choices in fused.FUSIONS.items()}, **EXTRA[backend],
     }  # fmt: skip
     opts = take_options(options, defaults, backend=backend)
     module = marked if backend == "autocast" else cast(marked, precision)
     set_attention(module, opts["attention"])
+    fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"])
     if precision == "fp8":
         from engines.fp8 import swap_linears
 

@@ -1,0 +1,71 @@
+"""Module swaps that do in one kernel what the reference does in several; engines opt in by option, and the accuracy
+suite shows what each costs.
+
+    mlp=epilogue   U-ViT fc1 + bias + GELU as one cuBLASLt GEMM with its GELU epilogue (torch._addmm_activation):
+                   the separate GELU pass over the (2210, 6144) hidden activations goes. On CUDA the epilogue is the
+                   tanh approximation of GELU (the reference's nn.GELU is the exact one); on the CPU it is exact.
+    qkv=stacked    CLIP's q, k and v projections as one Linear: at 77 tokens each GEMM is a few microseconds of a
+                   mostly idle GPU, so one launch three times as wide replaces three.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reference import uvit as uv
+
+FUSIONS = {"mlp": ("reference", "epilogue"), "qkv": ("separate", "stacked")}
+
+
+class EpilogueMlp(uv.Mlp):
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        lead = x.shape[:-1]
+        h = torch._addmm_activation(self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(), use_gelu=True)
+        return self.fc2(h.view(*lead, -1))
+
+
+class StackedQKVAttention(nn.Module):
+    """Hugging Face's CLIPAttention with q/k/v in one `qkv` Linear, called as its encoder layer calls it."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
+        self.sdpa = attn.config._attn_implementation == "sdpa"
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        w = attn.q_proj.weight
+        self.qkv = nn.Linear(w.shape[1], 3 * w.shape[0], device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([p.weight for p in projections]))
+            self.qkv.bias.copy_(torch.cat([p.bias for p in projections]))
+        self.out_proj = attn.out_proj
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs) -> tuple[Tensor, None]:
+        B, L, C = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        if self.sdpa:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scale)
+        else:  # Hugging Face's eager path: softmax in fp32
+            s = (q @ k.transpose(-2, -1)) * self.scale
+            s = s + attention_mask if attention_mask is not None else s
+            o = s.softmax(dim=-1, dtype=torch.float32).to(q.dtype) @ v
+        return self.out_proj(o.transpose(1, 2).reshape(B, L, C)), None
+
+
+def apply(module: nn.Module, *, mlp: str, qkv: str) -> nn.Module:
+    """Swap in the fused layers asked for (after the attention kind is set: the CLIP swap reads it)."""
+    from transformers.models.clip.modeling_clip import CLIPAttention
+
+    for name, value in (("mlp", mlp), ("qkv", qkv)):
+        if value not in FUSIONS[name]:
+            raise ValueError(f"unknown {name} {value!r}; choose from {list(FUSIONS[name])}")
+    for m in module.modules():
+        if mlp == "epilogue" and type(m) is uv.Mlp:
+            m.__class__ = EpilogueMlp  # same parameters and hooks, another forward
+        if qkv == "stacked":
+            for child_name, child in m.named_children():
+                if isinstance(child, CLIPAttention):
+                    setattr(m, child_name, StackedQKVAttention(child))
+    return module
