@@ -11,6 +11,7 @@ from engines.tests import engine_against_eager
 from reference.checkpoints import load_models
 from reference.configs import ModelConfig
 
+
 @pytest.fixture(scope="module")
 def models():
     return load_models(ModelConfig.from_name("tiny"), seed=0)
