@@ -45,7 +45,7 @@ def test_unknown_fusions_are_named(models, option, value):
 @pytest.mark.gpu
 @pytest.mark.parametrize("component, option", [("uvit", {"mlp": "epilogue"}), ("clip", {"qkv": "stacked"})])
 def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
-    models = load_models(ModelConfig.from_name("tiny"), seed=0).cuda()
+    models = load_models(ModelConfig.from_name("tiny"), seed=0).to(torch.device("cuda"))
     inputs = example_inputs(component, models.config, device="cuda")
     want = build_engine(component, models).output(**inputs).double()
     plain = build_engine(component, models, precision="fp16", attention="sdpa").output(**inputs).double()
