@@ -65,7 +65,7 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     return module, opts
 
 
-EXTRA = {"eager": {}, "autocast": {}, "inductor": {"mode": "default"}}
+EXTRA = {"eager": {}, "autocast": {}, "inductor": {"mode": "default", "persistent_reductions": True}}
 
 
 @register_engine("eager")
