@@ -3,7 +3,7 @@
 Registered as the torch custom op `unidiffuser::group_norm`, so torch.compile treats it as one opaque node and CUDA
 graphs capture its launches. Three steps, no host synchronisation:
   1. `_partial_stats`: one program per (sample, group, chunk of pixels) writes the chunk's mean and M2 (fp32);
-  2. chunk statistics merge in fp32 with Chan's parallel formula (a few thousand numbers, plain torch);
+  2. `_merge_stats`: one program per group merges its chunks' statistics in fp32 (Chan's parallel formula);
   3. `_normalize`: the same tiling applies (x - mean) * rstd * weight + bias, then SiLU if asked.
 Each group holds C/G channels (4 to 16 in the SD decoder) times H*W pixels, up to a million elements at 512x512, so
 splitting groups into chunks is what fills the GPU: a program per group would leave most SMs idle.
@@ -37,6 +37,24 @@ def _partial_stats(x_ptr, mean_ptr, m2_ptr, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG
     d = tl.where(mask, x - mean, 0.0)
     tl.store(mean_ptr + pid, mean)
     tl.store(m2_ptr + pid, tl.sum(tl.sum(d * d, axis=1), axis=0))
+
+
+@triton.jit
+def _merge_stats(mean_ptr, m2_ptr, group_mean_ptr, rstd_ptr, CHUNKS, n_full, n_last, eps, CHUNKS_PAD: tl.constexpr):
+    """Chan et al.: one program per (sample, group) merges its chunks (all of n_full elements but the last, of
+    n_last) into the group's mean and 1/std, in fp32; one launch where plain torch took a dozen."""
+    ng = tl.program_id(0)
+    i = tl.arange(0, CHUNKS_PAD)
+    valid = i < CHUNKS
+    mean = tl.load(mean_ptr + ng * CHUNKS + i, mask=valid, other=0.0)
+    m2 = tl.load(m2_ptr + ng * CHUNKS + i, mask=valid, other=0.0)
+    n = tl.where(valid, tl.where(i == CHUNKS - 1, n_last, n_full), 0.0)
+    total = tl.sum(n, axis=0)
+    group_mean = tl.sum(mean * n, axis=0) / total
+    d = mean - group_mean
+    group_m2 = tl.sum(m2, axis=0) + tl.sum(n * d * d, axis=0)
+    tl.store(group_mean_ptr + ng, group_mean)
+    tl.store(rstd_ptr + ng, 1.0 / tl.sqrt(group_m2 / total + eps))
 
 
 @triton.jit
@@ -95,15 +113,11 @@ def group_norm_into(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, num_grou
     mean = torch.empty(N * G * CHUNKS, device=x.device, dtype=torch.float32)
     m2 = torch.empty_like(mean)
     _partial_stats[grid](x, mean, m2, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P)
-    # Chan et al.: merge the chunks (all of n_full elements but the last, of n_last) into per-group mean and
-    # variance, in fp32. Counts stay host scalars: a host-to-device copy would break CUDA-graph capture.
+    # Counts stay host scalars: a host-to-device copy would break CUDA-graph capture.
     n_full, n_last = float(BLOCK_P * CG), float((HW - (CHUNKS - 1) * BLOCK_P) * CG)
-    total = n_full * (CHUNKS - 1) + n_last
-    mean, m2 = mean.view(N * G, CHUNKS), m2.view(N * G, CHUNKS)
-    group_mean = (mean[:, :-1].sum(1) * n_full + mean[:, -1] * n_last) / total  # (N*G,)
-    sq = (mean - group_mean[:, None]) ** 2
-    group_m2 = m2.sum(1) + sq[:, :-1].sum(1) * n_full + sq[:, -1] * n_last
-    rstd = torch.rsqrt(group_m2 / total + eps)
+    group_mean = torch.empty(N * G, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(group_mean)
+    _merge_stats[(N * G,)](mean, m2, group_mean, rstd, CHUNKS, n_full, n_last, eps, triton.next_power_of_2(CHUNKS))
     if y.shape != x.shape or y.stride() != x.stride():
         raise ValueError(f"group_norm output {tuple(y.shape)}, strides {y.stride()}, does not match x's {x.stride()}")
     _normalize[grid](x, y, weight, bias, group_mean, rstd, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P, silu)
