@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,13 @@ WARMUP_IMAGES = 5  # the original protocol
 
 
 def image_plan(
-    protocol: str, *, rounds: int, warmup: int, seed_warmup: int = WARMUP_IMAGES, limit: int = 0, path=None
+    protocol: str,
+    *,
+    rounds: int,
+    warmup: int,
+    seed_warmup: int = WARMUP_IMAGES,
+    limit: int = 0,
+    path: Path | None = None,
 ) -> tuple[list[Prompt], int, int]:
     """(prompts in call order, warm-up count, timed count) for one pipeline benchmark; `path`: prompts.tsv."""
     if protocol == "seed":

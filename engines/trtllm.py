@@ -116,11 +116,11 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
             n: NetTensor(name=n, dtype=torch_dtype_to_trt(cast_to.get(n, torch.float32)), shape=list(t.shape))
             for n, t in example_inputs.items()
         }
-        net.Marked.executed.clear()
+        net.Recorded.executed.clear()
         out = tree(**feeds)
         path = {id(m): n for n, m in tree.named_modules()}
         names = []
-        for m, t in net.Marked.executed:  # execution order, first run of a module
+        for m, t in net.Recorded.executed:  # execution order, first run of a module
             name = path.get(id(m))
             if name in marks and name not in names:
                 t.mark_output(name, t.dtype)

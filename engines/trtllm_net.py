@@ -45,27 +45,27 @@ def gelu_erf(x: F.Tensor) -> F.Tensor:
     return x * const(0.5, x.dtype) * (const(1.0, x.dtype) + erf(x * const(1 / math.sqrt(2), x.dtype)))
 
 
-class Marked:
+class Recorded:
     """Every module records its output in execution order; the builder marks those the caller asked for."""
 
     executed: list[tuple[Module, F.Tensor]] = []
 
     def out(self, y: F.Tensor) -> F.Tensor:
-        Marked.executed.append((self, y))
+        Recorded.executed.append((self, y))
         return y
 
 
-class MLinear(Linear, Marked):
+class MLinear(Linear, Recorded):
     def forward(self, x):
         return self.out(super().forward(x))
 
 
-class MConv2d(Conv2d, Marked):
+class MConv2d(Conv2d, Recorded):
     def forward(self, x):
         return self.out(super().forward(x))
 
 
-class LayerNorm(Module, Marked):
+class LayerNorm(Module, Recorded):
     """Statistics and affine in fp32 whatever the engine's dtype; output cast back."""
 
     def __init__(self, dim: int, eps: float):
@@ -96,7 +96,7 @@ class GroupNormPlugin(PluginBase):
         group_norm_into(convert_to_torch_tensor(outputs[0]), x, w, b, self.num_groups, self.eps, self.silu)
 
 
-class GroupNorm(Module, Marked):
+class GroupNorm(Module, Recorded):
     """GroupNorm(32, eps 1e-6) with fp32 statistics: our Triton plugin, or TensorRT's normalisation layer on an fp32
     copy (`kernel="trt"`)."""
 
@@ -153,7 +153,7 @@ class CLIPMLP(Module):
         return self.fc2(h * F.sigmoid(h * const(1.702, h.dtype)))  # quick_gelu
 
 
-class CLIPEncoderLayer(Module, Marked):
+class CLIPEncoderLayer(Module, Recorded):
     def __init__(self, cfg, dtype):
         super().__init__()
         self.layer_norm1, self.layer_norm2 = LayerNorm(cfg.width, 1e-5), LayerNorm(cfg.width, 1e-5)
@@ -165,7 +165,7 @@ class CLIPEncoderLayer(Module, Marked):
         return self.out(x + self.mlp(self.layer_norm2(x)))
 
 
-class CLIPEmbeddings(Module, Marked):
+class CLIPEmbeddings(Module, Recorded):
     def __init__(self, cfg, dtype):
         super().__init__()
         self.token_embedding = Embedding(cfg.vocab_size, cfg.width, dtype=dtype)
@@ -235,7 +235,7 @@ class Mlp(Module):
         return self.fc2(gelu_erf(self.fc1(x)))
 
 
-class Block(Module, Marked):
+class Block(Module, Recorded):
     def __init__(self, cfg, dtype, *, skip: bool = False):
         super().__init__()
         D = cfg.embed_dim
@@ -252,7 +252,7 @@ class Block(Module, Marked):
         return self.out(self.norm3(x + self.mlp(x)))
 
 
-class PatchEmbed(Module, Marked):
+class PatchEmbed(Module, Recorded):
     def __init__(self, cfg, dtype):
         super().__init__()
         p = (cfg.patch_size, cfg.patch_size)
@@ -360,7 +360,7 @@ def silu(x):
     return x * F.sigmoid(x)
 
 
-class ResnetBlock(Module, Marked):
+class ResnetBlock(Module, Recorded):
     def __init__(self, cin: int, cout: int, dtype, gn: str):
         super().__init__()
         self.norm1, self.norm2 = GroupNorm(cin, gn), GroupNorm(cout, gn)
@@ -375,7 +375,7 @@ class ResnetBlock(Module, Marked):
         return self.out((self.nin_shortcut(x) if self.shortcut else x) + h)
 
 
-class AttnBlock(Module, Marked):
+class AttnBlock(Module, Recorded):
     def __init__(self, c: int, dtype, gn: str):
         super().__init__()
         self.norm = GroupNorm(c, gn)
@@ -389,7 +389,7 @@ class AttnBlock(Module, Marked):
         return self.out(x + self.proj_out(o.transpose(2, 3).view([B, C, H, W])))
 
 
-class Upsample(Module, Marked):
+class Upsample(Module, Recorded):
     def __init__(self, c: int, dtype):
         super().__init__()
         self.conv = Conv2d(c, c, (3, 3), padding=(1, 1), dtype=dtype)

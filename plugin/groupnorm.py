@@ -104,6 +104,8 @@ def group_norm_into(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, num_grou
     N, C, H, W = x.shape
     if C % num_groups:
         raise ValueError(f"{C} channels do not split into {num_groups} groups")
+    if y.shape != x.shape or y.stride() != x.stride():
+        raise ValueError(f"group_norm output {tuple(y.shape)}, strides {y.stride()}, does not match x's {x.stride()}")
     s_n, s_c, s_p = _layout(x)
     G, CG, HW = num_groups, C // num_groups, H * W
     CG_PAD = triton.next_power_of_2(CG)
@@ -118,8 +120,6 @@ def group_norm_into(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, num_grou
     group_mean = torch.empty(N * G, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(group_mean)
     _merge_stats[(N * G,)](mean, m2, group_mean, rstd, CHUNKS, n_full, n_last, eps, triton.next_power_of_2(CHUNKS))
-    if y.shape != x.shape or y.stride() != x.stride():
-        raise ValueError(f"group_norm output {tuple(y.shape)}, strides {y.stride()}, does not match x's {x.stride()}")
     _normalize[grid](x, y, weight, bias, group_mean, rstd, HW, s_n, s_c, s_p, G, CG, CHUNKS, CG_PAD, BLOCK_P, silu)
 
 
