@@ -19,6 +19,8 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     module, opts = prepare(marked, precision=precision, options=options, backend="inductor")
     if opts["mode"] not in MODES:
         raise ValueError(f"unknown inductor mode {opts['mode']!r}; choose from {list(MODES)}")
+    if not isinstance(opts["persistent_reductions"], bool):
+        raise ValueError(f"persistent_reductions is True or False, not {opts['persistent_reductions']!r}")
     # Every engine compiles the same forward code object with its own guards; without room for them, dynamo would
     # silently fall back to eager after 8 engines.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

@@ -35,9 +35,10 @@ def cpu_models():
         (dict(groupnorm="apex"), ValueError, r"unknown groupnorm kernel 'apex'"),
         (dict(attention="flash3"), ValueError, r"unknown attention 'flash3'; choose from \['math', 'sdpa'\]"),
         (dict(postprocess=True), ValueError, "postprocess folds uint8 conversion into an unmarked decoder only"),
+        (dict(backend="inductor", persistent_reductions="no"), ValueError, "persistent_reductions is True or False"),
     ],
     ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "fp16-cpu", "trt",
-         "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit"],
+         "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit", "reductions"],
 )  # fmt: skip
 def test_impossible_requests_get_clear_errors(cpu_models, kwargs, error, message):
     kw = {"component": "uvit", **kwargs}
