@@ -1,5 +1,5 @@
-"""Command line: `python -m bench generate` (the main job), `references` (the 40 reference images), `quality` and
-`profile` (where one engine's GPU time goes).
+"""Command line: `python -m bench generate` (the main job), `references` (the 40 reference images), `quality`,
+`profile` (where one engine's GPU time goes) and `build` (engine build seconds, fresh or with warm caches).
 
 argparse only builds the keyword arguments of `generate` and `references`, the functions tests call.
 """
@@ -16,6 +16,7 @@ import torch
 
 from bench import ladder
 from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
+from engines.components import COMPONENTS
 from engines.sampler import build_sampler, sampler_inputs
 from reference.checkpoints import load_models
 from reference.configs import SIZES, ModelConfig
@@ -160,6 +161,15 @@ def quality(
     return out
 
 
+def build_times(*, out: Path | None = None, overwrite: bool = False, **kwargs) -> dict:
+    """`python -m bench build`: the engines of --rung, or of --backend/--precision/--cuda-graph for --components."""
+    from bench.build import write_build_times
+
+    if kwargs.get("rung") is None and kwargs.get("backend") == REFERENCE:
+        raise ValueError("the reference is not built; pick --rung or an engine --backend")
+    return write_build_times(out, overwrite=overwrite, **kwargs)
+
+
 def parse_options(pairs: list[str]) -> dict[str, object]:
     """["attention=sdpa", "channels_last=true"] -> {"attention": "sdpa", "channels_last": True}."""
     out: dict[str, object] = {}
@@ -275,6 +285,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")
+    b = sub.add_parser("build", parents=[common], help="build seconds of a rung's engines (bench/build.py)")
+    b.add_argument("--components", nargs="+", default=list(COMPONENTS), help="without --rung. Default: all")
+    b.add_argument(
+        "--cache-dir", type=Path, default=None, help="Inductor's and Triton's caches. Default: torch's (/tmp)"
+    )
+    b.add_argument("--json", dest="out", type=Path, default=None, help="write the result here. Default: print only")
     f = sub.add_parser("profile", help="kernel-time breakdown of one engine on the GPU (markdown report)")
     f.add_argument("--component", required=True, choices=["clip", "uvit", "decoder", "sampler"])
     f.add_argument("--backend", default="eager", metavar="NAME", help="engine backend. Default: %(default)r")
@@ -299,6 +315,10 @@ def cli(argv: list[str] | None = None) -> None:
             print(f"wrote {quality(**args)}")
         elif command == "profile":
             print(f"wrote {profile_engine(**args)}")
+        elif command == "build":
+            for irrelevant in ("noise_order", "rounding"):
+                args.pop(irrelevant)
+            print(json.dumps(build_times(**args), indent=1, default=str))
         elif command == "generate":
             meta = generate(**args)
             print(

@@ -57,8 +57,8 @@ class Matrix:
                             out.append(EngineSpec(c, b, p, g, (("guidance", "two-calls"),)))
                         if self.device.type != "cuda" or p == "fp32" or b not in ("eager", "inductor"):
                             continue
-                        if c == "decoder":  # the Triton GroupNorm's effect on its own
-                            out.append(EngineSpec(c, b, p, g, (("groupnorm", "triton"),)))
+                        if c == "decoder":  # each GroupNorm rewrite's effect on its own
+                            out += [EngineSpec(c, b, p, g, (("groupnorm", k),)) for k in ("triton", "split")]
                         if b == "inductor":  # the fast rung's builds (bench.ladder), per layer
                             out.append(EngineSpec(c, b, p, g, FAST_OPTIONS[c]))
         return out

@@ -14,13 +14,17 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-# First match wins: convolutions run as implicit GEMMs, so they are tested before plain GEMMs.
+# First match wins. Inductor names a Triton kernel after the ops it fuses, so `triton_poi_fused_convolution_silu` is a
+# conv's bias add and a SiLU, not a convolution: Triton kernels are sorted by their prefix before any name pattern.
+# Convolutions run as implicit GEMMs, so they are tested before plain GEMMs.
 KINDS = (
     ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax", re.I)),
+    ("gemm", re.compile(r"^triton_tem_", re.I)),  # Inductor's GEMM templates (max-autotune)
+    ("norm / reduction (triton)", re.compile(r"^triton_(red|per)_|^_(partial|merge)_stats$|^_normalize$", re.I)),
+    ("pointwise (triton)", re.compile(r"^triton_", re.I)),
     ("convolution", re.compile(r"conv|fprop|dgrad|implicit|winograd", re.I)),
     ("gemm", re.compile(r"gemm|cutlass|nvjet|xmma|matmul|_mm_|splitk|sm90_", re.I)),
-    ("norm / reduction (triton)", re.compile(r"^triton_(red|per)_|group_norm|layer_norm", re.I)),
-    ("pointwise (triton)", re.compile(r"^triton_poi_|^triton_", re.I)),
+    ("norm / reduction (triton)", re.compile(r"group_norm|layer_norm", re.I)),
     ("copy / memset", re.compile(r"memcpy|memset|copy|cat|fill", re.I)),
 )
 

@@ -10,13 +10,23 @@ from engines import register_engine
 from engines.runtime import cast, finish, swap_children, take_options
 from reference import autoencoder as ae
 
+GROUPNORM = ("torch", "triton", "split")
+
 
 def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
-    """Replace the reference GroupNorm layers by our Triton kernel (`triton`), or keep them (`torch`)."""
+    """Keep the reference GroupNorm layers (`torch`), replace them by our Triton kernel (`triton`), or reduce their
+    statistics in two stages for Inductor (`split`: engines.fused.SplitGroupNorm, same parameters and hooks)."""
+    if kernel not in GROUPNORM:
+        raise ValueError(f"unknown groupnorm kernel {kernel!r}; choose from {list(GROUPNORM)}")
     if kernel == "torch":
         return module
-    if kernel != "triton":
-        raise ValueError(f"unknown groupnorm kernel {kernel!r}; choose from ['torch', 'triton']")
+    if kernel == "split":
+        from engines.fused import SplitGroupNorm
+
+        for m in module.modules():
+            if type(m) is ae.GroupNorm:
+                m.__class__ = SplitGroupNorm
+        return module
     from plugin.groupnorm import TritonGroupNorm
 
     swap_children(module, ae.GroupNorm, TritonGroupNorm.from_groupnorm)

@@ -34,8 +34,20 @@ def test_generate_help_lists_the_options(bench):
         (["quality", "--reference", "a", "--candidates", "b"], "*share no image*"),
         (["generate", "--rung", "fast", "--backend", "eager"], "*--rung chooses every engine itself*"),
         (["profile", "--component", "uvit", "--option", "sdpa"], "*is not KEY=VALUE*"),
+        (["build"], "*the reference is not built; pick --rung or an engine --backend*"),
+        (["build", "--backend", "eager", "--components", "vae"], "*unknown components*'vae'*; choose from*"),
     ],
-    ids=["backend", "weights", "reference-fp16", "prompts", "quality", "rung-and-backend", "profile-option"],
+    ids=[
+        "backend",
+        "weights",
+        "reference-fp16",
+        "prompts",
+        "quality",
+        "rung-and-backend",
+        "profile-option",
+        "build",
+        "build-component",
+    ],  # fmt: skip
 )
 def test_bad_input_is_one_clear_line(bench, args, message):
     result = bench(*args)

@@ -14,6 +14,9 @@ from bench.profile import by_kind, kind_of
         ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4>>", "attention"),
         ("triton_red_fused_add_native_layer_norm_3", "norm / reduction (triton)"),
         ("triton_poi_fused_gelu_4", "pointwise (triton)"),
+        ("triton_poi_fused_add_convolution_silu_33", "pointwise (triton)"),  # a conv's bias add, not a conv
+        ("triton_tem_fused_addmm_gelu_2", "gemm"),
+        ("_partial_stats", "norm / reduction (triton)"),  # plugin.groupnorm's kernels
         ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other elementwise"),
     ],
 )

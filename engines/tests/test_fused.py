@@ -43,7 +43,10 @@ def test_unknown_fusions_are_named(models, option, value):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("component, option", [("uvit", {"mlp": "epilogue"}), ("clip", {"qkv": "stacked"})])
+@pytest.mark.parametrize(
+    "component, option",
+    [("uvit", {"mlp": "epilogue"}), ("clip", {"qkv": "stacked"}), ("decoder", {"groupnorm": "split"})],
+)
 def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
     models = load_models(ModelConfig.from_name("tiny"), seed=0).to(torch.device("cuda"))
     inputs = example_inputs(component, models.config, device="cuda")
@@ -52,3 +55,36 @@ def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
     got = build_engine(component, models, precision="fp16", attention="sdpa", **option).output(**inputs).double()
     err, base = ((got - want).norm() / want.norm()).item(), ((plain - want).norm() / want.norm()).item()
     assert err < max(2 * base, 1e-3), (err, base)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 32, 32), (1, 32, 7, 5), (1, 96, 16, 16)], ids=["pow2", "odd", "cg3"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_split_groupnorm_is_the_reference_groupnorm(shape, layout):
+    from reference import autoencoder as ae
+
+    torch.manual_seed(0)
+    ref = ae.GroupNorm(shape[1]).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
+    split = copy.deepcopy(ref).float()
+    split.__class__ = fused.SplitGroupNorm
+    split.CHUNK = 64  # several chunks per group even at these sizes
+    std = 0.05 + torch.rand(shape[1], 1, 1, dtype=torch.float64)
+    x = (3.0 + torch.randn(shape, dtype=torch.float64) * std).float()  # mean >> std, as after a conv with a bias
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    got = split(x.contiguous(memory_format=memory_format))
+    assert got.is_contiguous(memory_format=memory_format)
+    want = ref(x.double())  # exact statistics of the same fp32 input
+    torch_fp32 = copy.deepcopy(ref).float()(x)
+    err = lambda y: (y.double() - want).abs().max().item()  # noqa: E731
+    assert err(got) <= 2 * err(torch_fp32) + 1e-7, (err(got), err(torch_fp32))
+
+
+@pytest.mark.parametrize("n, want, chunks", [(4096, 16, 16), (35, 4, 5), (7, 3, 7), (64, 0, 1), (64, 1, 1)])
+def test_chunks_divide_the_pixels(n, want, chunks):
+    assert fused.chunks(n, want) == chunks
+
+
+def test_split_groupnorm_decoder_engine_keeps_the_marks_on_the_cpu(models):
+    engine = engine_against_eager(models, "decoder", bound=1e-5, device=torch.device("cpu"), groupnorm="split")
+    assert engine.meta["groupnorm"] == "split"

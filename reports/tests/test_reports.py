@@ -58,3 +58,22 @@ def test_a_merged_report_lists_its_runs(accuracy_results, tmp_path):
     md = write_report([first, second], tmp_path / "m.md").read_text()
     assert "this report merges these runs" in md
     assert f"| {first.name} " in md and "| accuracy-later.json " in md and "abc123" in md
+
+
+def test_build_times_are_set_against_their_targets():
+    import pandas as pd
+
+    from reports.speedup import build_from_caches
+
+    rows = [
+        {"group": "build", "rung": "fast", "caches": "fresh", "build_s": 130.0, "model_load_s": 25.0,
+         "clip_compile_s": 14.0, "sampler_step_compile_s": 80.0, "fxgraph_cache_hit": 0, "fxgraph_cache_miss": 3},
+        {"group": "build", "rung": "fast", "caches": "warm", "build_s": 9.5, "model_load_s": 25.0,
+         "clip_compile_s": 1.0, "sampler_step_compile_s": 4.0, "fxgraph_cache_hit": 3, "fxgraph_cache_miss": 0},
+        {"group": "clip", "case": "clip-eager-fp32", "p50_ms": 1.0},
+    ]  # fmt: skip
+    table = build_from_caches(pd.DataFrame(rows))
+    assert list(table.index) == [("fast", "fresh"), ("fast", "warm")]
+    assert list(table["target_s"]) == [120.0, 15.0] and list(table["met"]) == ["no", "yes"]
+    assert "model_load_s" not in table and {"clip_compile_s", "sampler_step_compile_s"} <= set(table)
+    assert build_from_caches(pd.DataFrame(rows[2:])).empty

@@ -1,0 +1,117 @@
+"""Build seconds of a rung's engines in one process, and whether torch's compile caches served them.
+
+    python -m bench build --rung fast --cache-dir results/torch-cache --json results/build.json
+
+Run it twice with the same `--cache-dir`: the first run is a fresh machine (an empty cache), the second has warm
+caches. Inductor keeps compiled graphs (FX graph cache), AOTAutograd artifacts and Triton binaries under
+TORCHINDUCTOR_CACHE_DIR (default /tmp/torchinductor_$USER), so a second process on the same machine skips the
+compilation but still traces with dynamo, loads the kernels and captures the CUDA graphs. `bench/bench_build.py` times
+both and `reports/speedup.md` sets them against issue 6's targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bench import ladder
+from engines import check_backend
+from engines.components import COMPONENTS
+
+CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+COUNTERS = {  # torch._dynamo.utils.counters: what served each compile
+    "inductor": ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass"),
+    "aot_autograd": ("autograd_cache_hit", "autograd_cache_miss", "autograd_cache_bypass"),
+}
+
+
+def use_cache_dir(folder: Path) -> Path:
+    """Point Inductor's and Triton's caches at `folder` (read when they are first used, so before any compile)."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    return folder
+
+
+def cache_counts() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {name: int(counters[group][name]) for group, names in COUNTERS.items() for name in names}
+
+
+def build_times(
+    *,
+    rung: str | None = None,
+    backend: str = "inductor",
+    precision: str = "fp16",
+    cuda_graph: bool = False,
+    components: tuple[str, ...] = COMPONENTS,
+    size: str = "auto",
+    device: str = "auto",
+    weights: Path | None = None,
+    weights_seed: int = 0,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Build every engine of `rung` (or `components` with one backend/precision) once; seconds and cache counts."""
+    from torch._dynamo.utils import counters
+
+    from bench.cli import resolve
+    from reference.checkpoints import load_models
+
+    if cache_dir is not None:
+        use_cache_dir(cache_dir)
+    if rung is not None:
+        chosen = ladder.rung(rung)
+        count, build_all = len(chosen.builds), lambda get: ladder.rung_engines(chosen, get)
+    else:
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
+        builds = {c: ladder.Build(check_backend(backend), precision, cuda_graph) for c in components}
+        count, build_all = len(builds), lambda get: {c: get(c, b) for c, b in builds.items()}
+    cfg, dev = resolve(size, device)
+    t0 = time.perf_counter()
+    models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
+    load_s = time.perf_counter() - t0
+    counters.clear()
+    engines, bar = {}, tqdm(total=count, desc="building engines")
+
+    def get(component: str, build: ladder.Build):
+        engine = ladder.build(component, build, models)
+        engines[component] = {"engine": engine.name, **{f"{k}_s": v for k, v in engine.seconds.items()}}
+        bar.update()
+        return engine
+
+    t0 = time.perf_counter()
+    build_all(get)
+    bar.close()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {
+        "rung": rung or "-",
+        "size": cfg.name,
+        "device": str(dev),
+        "weights": models.weights,
+        "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"),
+        "model_load_s": load_s,
+        "build_s": time.perf_counter() - t0,
+        "engines": engines,
+        "cache": cache_counts(),
+    }
+
+
+def write_build_times(out: Path | None, *, overwrite: bool = False, **kwargs) -> dict:
+    result = build_times(**kwargs)
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str))
+    return result
