@@ -39,6 +39,15 @@ def use_cache_dir(folder: Path) -> Path:
     return folder
 
 
+def compile_phases(at_least: float = 0.2) -> dict[str, float]:
+    """Seconds dynamo and Inductor spent per phase in this process (torch._dynamo.utils.compile_times), the phases
+    of at least `at_least` seconds: where a warm build still spends its time."""
+    from torch._dynamo.utils import compile_times
+
+    names, seconds = compile_times(repr="csv", aggregate=True)
+    return {n: float(s) for n, s in zip(names, seconds, strict=True) if float(s) >= at_least}
+
+
 def cache_counts() -> dict[str, int]:
     from torch._dynamo.utils import counters
 
@@ -103,6 +112,7 @@ def build_times(
         "build_s": time.perf_counter() - t0,
         "engines": engines,
         "cache": cache_counts(),
+        "compile_phases_s": compile_phases(),
     }
 
 

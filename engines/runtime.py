@@ -91,15 +91,22 @@ class Graphed:
 
 
 def finish(
-    fn: Fn, *, precision: str, example_inputs: dict[str, Tensor], cuda_graph: bool, cudnn_benchmark: bool = False
+    fn: Fn,
+    *,
+    precision: str,
+    example_inputs: dict[str, Tensor],
+    cuda_graph: bool,
+    cudnn_benchmark: bool = False,
+    warmup: int = 3,
 ) -> tuple[Fn, dict[str, float]]:
-    """Wrap `fn` in its precision settings and, if asked, a CUDA graph; returns it with the capture seconds."""
+    """Wrap `fn` in its precision settings and, if asked, a CUDA graph captured after `warmup` side-stream calls;
+    returns it with the capture seconds."""
     fn = under(precision, fn, cudnn_benchmark=cudnn_benchmark)
     if not cuda_graph:
         return fn, {}
     t0 = time.perf_counter()
     with torch.no_grad(), precision_settings(precision, cudnn_benchmark=cudnn_benchmark):
-        graphed = Graphed(fn, example_inputs)
+        graphed = Graphed(fn, example_inputs, warmup=warmup)
     return graphed, {"capture": time.perf_counter() - t0}
 
 

@@ -59,8 +59,14 @@ def build_sampler(
 
         return {"output": dpm_solver.sample(data_prediction, x, plan)}
 
+    # One warm-up pass before capture, not three: a pass is 50 steps (half a second at full size), and the step
+    # engine has already run once, when it was compiled.
     fn, seconds = finish(
-        loop, precision=precision, example_inputs=sampler_inputs(models, calls=plan.calls), cuda_graph=cuda_graph
+        loop,
+        precision=precision,
+        example_inputs=sampler_inputs(models, calls=plan.calls),
+        cuda_graph=cuda_graph,
+        warmup=1,
     )
     seconds = {**{f"step_{k}": v for k, v in step.seconds.items()}, **seconds, "build": time.perf_counter() - t0}
     name = engine_name("sampler", step.backend, precision, cuda_graph, options)
