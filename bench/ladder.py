@@ -64,7 +64,7 @@ LADDER: list[Rung] = [
     Rung("inductor-fp16", "Inductor-FP16", _all(Build("inductor", "fp16"))),
     Rung("inductor-fp16-graph", "Inductor-FP16 + CUDA graph", _all(Build("inductor", "fp16", True))),
     Rung("eager-fp16-graph", "Eager-FP16 + CUDA graph", _all(Build("eager", "fp16", True))),
-    # issue 6: fused attention (SDPA) everywhere, the decoder channels_last, the 50-call solver loop as one graph
+    # issue 6: bench.matrix.FAST_OPTIONS per component, the 50-call solver loop as one graph
     Rung("fast", "Inductor-FP16 + SDPA + whole-loop graph",
          {c: Build("inductor", "fp16", True, FAST_OPTIONS[c]) for c in ("clip", "uvit", "decoder")}, loop=True),
     Rung("fast-fp8", "the same with FP8 U-ViT block linears",
