@@ -87,12 +87,6 @@ class StackedQKVAttention(nn.Module):
         if self.sdpa:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scale)
         else:  # Hugging Face's eager path: softmax in fp32
-            pad = -L % 8  # 77 keys -> 80: rows of 77 fp16 are not 16-byte aligned; cuBLAS falls back to slow kernels
-            if pad:
-                k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
-                if attention_mask is None:
-                    attention_mask = torch.zeros(1, 1, L, L, dtype=q.dtype, device=q.device)
-                attention_mask = F.pad(attention_mask, (0, pad), value=torch.finfo(q.dtype).min)  # padded keys: none
             s = (q @ k.transpose(-2, -1)) * self.scale
             s = s + attention_mask if attention_mask is not None else s
             o = s.softmax(dim=-1, dtype=torch.float32).to(q.dtype) @ v
