@@ -120,6 +120,7 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
     out = runs.set_index(["rung", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss"]]
     out.insert(1, "target_s", [BUILD_TARGETS.get(c, float("nan")) for _, c in out.index])
     out.insert(2, "met", (out["build_s"] <= out["target_s"]).map({True: "yes", False: "no"}))
+    out.index = [f"{r}, {c} caches" for r, c in out.index]
     return out
 
 
