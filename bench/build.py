@@ -77,19 +77,18 @@ def build_times(
         use_cache_dir(cache_dir)
     if rung is not None:
         chosen = ladder.rung(rung)
-        count, build_all = len(chosen.builds), lambda get: ladder.rung_engines(chosen, get)
     else:
         unknown = sorted(set(components) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
-        builds = {c: ladder.Build(check_backend(backend), precision, cuda_graph) for c in components}
-        count, build_all = len(builds), lambda get: {c: get(c, b) for c, b in builds.items()}
+        one = ladder.Build(check_backend(backend), precision, cuda_graph)
+        chosen = ladder.Rung("-", f"{backend} {precision}", {c: one for c in components})
     cfg, dev = resolve(size, device)
     t0 = time.perf_counter()
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
     load_s = time.perf_counter() - t0
     counters.clear()
-    engines, bar = {}, tqdm(total=count, desc="building engines")
+    engines, bar = {}, tqdm(total=len(chosen.builds), desc="building engines")
 
     def get(component: str, build: ladder.Build):
         engine = ladder.build(component, build, models)
@@ -98,7 +97,7 @@ def build_times(
         return engine
 
     t0 = time.perf_counter()
-    build_all(get)
+    ladder.rung_engines(chosen, get)
     bar.close()
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -117,11 +116,10 @@ def build_times(
 
 
 def write_build_times(out: Path | None, *, overwrite: bool = False, **kwargs) -> dict:
+    from reports.common import check_writable
+
+    out = check_writable(out, overwrite=overwrite) if out is not None else None  # before the minutes of building
     result = build_times(**kwargs)
     if out is not None:
-        out = Path(out)
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, default=str))
     return result
