@@ -165,6 +165,16 @@ def device(run_matrix: Matrix) -> torch.device:
 
 
 @pytest.fixture(scope="session")
+def kernel_device() -> str:
+    """Where our Triton kernels run: the GPU, or the CPU under Triton's interpreter (plugin.tests)."""
+    from plugin.tests import INTERPRETING, ON_GPU
+
+    if not (ON_GPU or INTERPRETING):
+        pytest.skip("the kernel needs a CUDA GPU or TRITON_INTERPRET=1 (see test_kernels_through_the_interpreter)")
+    return "cuda" if ON_GPU else "cpu"
+
+
+@pytest.fixture(scope="session")
 def model_config(run_matrix: Matrix) -> ModelConfig:
     return ModelConfig.from_name(run_matrix.size)
 

@@ -33,23 +33,33 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
     return module
 
 
-ATTENTION = ("math", "sdpa")
+ATTENTION = ("math", "sdpa", "triton")
 
 
 def set_attention(module: nn.Module, kind: str) -> nn.Module:
     """`math`: the reference's explicit softmax(QK^T)V; `sdpa`: torch's scaled_dot_product_attention, which picks a
-    fused kernel (flash, memory-efficient, cuDNN) by shape and dtype."""
+    fused kernel (flash, memory-efficient, cuDNN) by shape and dtype; `triton`: CLIP only, our short-sequence kernel
+    (plugin.attention) reading the stacked q/k/v projection (qkv=stacked) in place."""
     if kind not in ATTENTION:
         raise ValueError(f"unknown attention {kind!r}; choose from {list(ATTENTION)}")
     from transformers import CLIPTextModel
+    from transformers.models.clip.modeling_clip import CLIPAttention
 
+    from engines.fused import StackedQKVAttention
     from reference import uvit as uv
 
     for m in module.modules():
         if isinstance(m, (uv.Attention, ae.AttnBlock)):
+            if kind == "triton":
+                raise ValueError("attention=triton is CLIP's short-sequence kernel; the U-ViT and the decoder take "
+                                 "math or sdpa")  # fmt: skip
             m.sdpa = kind == "sdpa"
-        elif isinstance(m, CLIPTextModel):
+        elif isinstance(m, CLIPTextModel):  # triton takes the causal mask as eager builds it: additive, 4-d
             m.config._attn_implementation = "sdpa" if kind == "sdpa" else "eager"
+        elif isinstance(m, StackedQKVAttention):
+            m.kernel = kind
+        elif isinstance(m, CLIPAttention) and kind == "triton":
+            raise ValueError("attention=triton reads CLIP's q, k and v from one projection: add qkv=stacked")
     return module
 
 
@@ -63,8 +73,8 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     }  # fmt: skip
     opts = take_options(options, defaults, backend=backend)
     module = marked if backend == "autocast" else cast(marked, precision)
-    set_attention(module, opts["attention"])
     fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"])
+    set_attention(module, opts["attention"])
     if precision == "fp8":
         from engines.fp8 import swap_linears
 

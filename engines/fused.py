@@ -33,24 +33,33 @@ class SplitGroupNorm(ae.GroupNorm):
     """The reference GroupNorm with its statistics reduced in two stages, in plain torch ops.
 
     Inductor gives each (sample, group) reduction of F.group_norm one program: at 512x512 a group holds a million
-    elements, and 32 programs leave most of the H100 idle. Here each group is cut into chunks of about CHUNK elements
-    whose means and variances are merged exactly (equal counts: the mean of the variances plus the variance of the
-    means), so the first stage has thousands of programs. The normalisation stays pointwise torch, which Inductor
-    fuses with its neighbours: the conv bias before it, the SiLU after it.
+    elements, and 32 programs leave most of the H100 idle. Here the first stage reduces many equal-sized cells, and the
+    second merges each group's cells exactly (equal counts: the mean of the variances plus the variance of the means).
+    The normalisation stays pointwise torch, which Inductor fuses with its neighbours: the conv bias before it, the
+    SiLU after it.
+
+    NCHW: a cell is a contiguous slice of one group, about CHUNK elements. channels_last: a cell is one channel over
+    ROWS pixels, so that a program reads whole rows of contiguous channels; cells cut from a group's channels (4 of
+    every 128 at the decoder's widest) would use a quarter of each memory sector they touch.
     """
 
-    CHUNK = 8192  # elements per first-stage partial reduction
+    CHUNK = 8192  # NCHW: elements per cell
+    ROWS = 512  # channels_last: pixels per cell
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C, H, W), x's dtype and memory format
         N, C, H, W = x.shape
         G, HW = self.num_groups, H * W
         CG = C // G
-        k = chunks(HW, CG * HW // self.CHUNK)
         xf = x.float()
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            parts = xf.permute(0, 2, 3, 1).reshape(N, k, HW // k, G, CG)  # a view of NHWC memory
-            var, mean = (t.transpose(1, 2) for t in torch.var_mean(parts, dim=(2, 4), correction=0))  # (N, G, k)
+            k = chunks(HW, HW // self.ROWS)
+            parts = xf.permute(0, 2, 3, 1).reshape(N, k, HW // k, C)  # a view of NHWC memory
+            var, mean = (  # (N, G, k * CG)
+                t.view(N, k, G, CG).transpose(1, 2).reshape(N, G, k * CG)
+                for t in torch.var_mean(parts, dim=2, correction=0)
+            )
         else:
+            k = chunks(HW, CG * HW // self.CHUNK)
             var, mean = torch.var_mean(xf.reshape(N, G, k, CG * HW // k), dim=-1, correction=0)  # (N, G, k)
         group_mean = mean.mean(-1)  # (N, G)
         group_var = var.mean(-1) + (mean - group_mean[..., None]).square().mean(-1)
@@ -71,7 +80,7 @@ class StackedQKVAttention(nn.Module):
     def __init__(self, attn: nn.Module):
         super().__init__()
         self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
-        self.sdpa = attn.config._attn_implementation == "sdpa"
+        self.kernel = "sdpa" if attn.config._attn_implementation == "sdpa" else "math"  # engines.eager.ATTENTION
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         w = attn.q_proj.weight
         self.qkv = nn.Linear(w.shape[1], 3 * w.shape[0], device=w.device, dtype=w.dtype)
@@ -83,8 +92,12 @@ class StackedQKVAttention(nn.Module):
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs) -> tuple[Tensor, None]:
         B, L, C = hidden_states.shape
         qkv = self.qkv(hidden_states).view(B, L, 3, self.num_heads, self.head_dim)
+        if self.kernel == "triton":
+            from plugin.attention import short_attention
+
+            return self.out_proj(short_attention(qkv, attention_mask, self.scale)), None
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
-        if self.sdpa:
+        if self.kernel == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scale)
         else:  # Hugging Face's eager path: softmax in fp32
             s = (q @ k.transpose(-2, -1)) * self.scale

@@ -8,6 +8,7 @@ import torch
 from engines import build_engine, fused
 from engines.components import example_inputs
 from engines.tests import engine_against_eager
+from plugin.tests import rerun_under_interpreter
 from reference.checkpoints import load_models
 from reference.configs import ModelConfig
 
@@ -31,6 +32,27 @@ def test_stacked_qkv_is_clip_with_one_projection(models, attention):
     engine_against_eager(models, "clip", bound=1e-6, device=torch.device("cpu"), attention=attention, qkv="stacked")
 
 
+def test_triton_attention_is_clip_attention(models, kernel_device):
+    """The stacked projection read in place by plugin.attention: every mark of fp32 CLIP within fp32 rounding."""
+    dev = torch.device(kernel_device)
+    on = models if dev.type == "cpu" else load_models(ModelConfig.from_name("tiny"), seed=0).to(dev)
+    engine = engine_against_eager(on, "clip", bound=1e-5, device=dev, attention="triton", qkv="stacked")
+    assert engine.meta["attention"] == "triton"
+
+
+def test_triton_attention_through_the_interpreter():
+    rerun_under_interpreter(__file__, "triton_attention_is_clip_attention")
+
+
+@pytest.mark.parametrize(
+    "component, options, problem",
+    [("clip", {}, "add qkv=stacked"), ("uvit", {"qkv": "stacked"}, "the U-ViT and the decoder take math or sdpa")],
+)
+def test_triton_attention_outside_stacked_clip_is_refused(models, component, options, problem):
+    with pytest.raises(ValueError, match=problem):
+        build_engine(component, models, attention="triton", **options)
+
+
 def test_epilogue_mlp_keeps_the_parameters_and_on_the_cpu_the_numbers(models):
     engine = engine_against_eager(models, "uvit", bound=1e-6, device=torch.device("cpu"), mlp="epilogue")
     assert engine.meta["mlp"] == "epilogue"
@@ -45,14 +67,20 @@ def test_unknown_fusions_are_named(models, option, value):
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "component, option",
-    [("uvit", {"mlp": "epilogue"}), ("clip", {"qkv": "stacked"}), ("decoder", {"groupnorm": "split"})],
+    [
+        ("uvit", {"mlp": "epilogue"}),
+        ("clip", {"qkv": "stacked"}),
+        ("clip", {"qkv": "stacked", "attention": "triton"}),
+        ("decoder", {"groupnorm": "split"}),
+        ("decoder", {"groupnorm": "split", "channels_last": True}),
+    ],
 )
 def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
     models = load_models(ModelConfig.from_name("tiny"), seed=0).to(torch.device("cuda"))
     inputs = example_inputs(component, models.config, device="cuda")
     want = build_engine(component, models).output(**inputs).double()
     plain = build_engine(component, models, precision="fp16", attention="sdpa").output(**inputs).double()
-    got = build_engine(component, models, precision="fp16", attention="sdpa", **option).output(**inputs).double()
+    got = build_engine(component, models, precision="fp16", **{"attention": "sdpa", **option}).output(**inputs).double()
     err, base = ((got - want).norm() / want.norm()).item(), ((plain - want).norm() / want.norm()).item()
     assert err < max(2 * base, 1e-3), (err, base)
 
@@ -68,7 +96,7 @@ def test_split_groupnorm_is_the_reference_groupnorm(shape, layout):
         ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
     split = copy.deepcopy(ref).float()
     split.__class__ = fused.SplitGroupNorm
-    split.CHUNK = 64  # several chunks per group even at these sizes
+    split.CHUNK, split.ROWS = 64, 8  # several cells per group even at these sizes
     std = 0.05 + torch.rand(shape[1], 1, 1, dtype=torch.float64)
     x = (3.0 + torch.randn(shape, dtype=torch.float64) * std).float()  # mean >> std, as after a conv with a bias
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format

@@ -1,30 +1,12 @@
-"""The Triton GroupNorm against fp32 GroupNorm: on the GPU directly; on a CPU through Triton's interpreter.
-
-The interpreter is chosen when Triton's kernels are defined (TRITON_INTERPRET=1 at import), so on a CPU-only
-machine `test_kernels_through_the_interpreter` runs this file again in a child process with it set.
-"""
+"""The Triton GroupNorm against fp32 GroupNorm: on the GPU directly; on a CPU through Triton's interpreter."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-ON_GPU = torch.cuda.is_available() and not INTERPRETING
-
-
-@pytest.fixture(scope="module")
-def dev() -> str:
-    if not (ON_GPU or INTERPRETING):
-        pytest.skip("the kernel needs a CUDA GPU or TRITON_INTERPRET=1 (see test_kernels_through_the_interpreter)")
-    return "cuda" if ON_GPU else "cpu"
-
+from plugin.tests import INTERPRETING, ON_GPU, rerun_under_interpreter
 
 # (N, C, H, W): the SD decoder's GroupNorm inputs at full size on the GPU, small and odd shapes everywhere.
 SMALL = [(1, 64, 8, 8), (2, 96, 5, 7), (1, 128, 16, 16), (1, 512, 4, 4), (3, 32, 1, 33)]
@@ -44,13 +26,13 @@ TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # rela
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
-def test_matches_fp32_groupnorm(dev, shape, dtype, channels_last, silu):
+def test_matches_fp32_groupnorm(kernel_device, shape, dtype, channels_last, silu):
     from plugin.groupnorm import group_norm
 
     g = torch.Generator().manual_seed(hash((shape, silu)) % 2**31)
     # an offset mean: a one-pass E[x^2] - E[x]^2 in low precision would fail here
-    x = (torch.randn(shape, generator=g) * 2 + 3).to(dev, dtype)
-    w, b = torch.randn(shape[1], generator=g).to(dev, dtype), torch.randn(shape[1], generator=g).to(dev, dtype)
+    x = (torch.randn(shape, generator=g) * 2 + 3).to(kernel_device, dtype)
+    w, b = (torch.randn(shape[1], generator=g).to(kernel_device, dtype) for _ in range(2))
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     y = group_norm(x, w, b, 32, 1e-6, silu)
@@ -62,25 +44,25 @@ def test_matches_fp32_groupnorm(dev, shape, dtype, channels_last, silu):
     assert rel < TOL[dtype], rel
 
 
-def test_bad_inputs_are_named(dev):
+def test_bad_inputs_are_named(kernel_device):
     from plugin.groupnorm import group_norm
 
-    w = torch.ones(48, device=dev)
+    w = torch.ones(48, device=kernel_device)
     with pytest.raises(ValueError, match="48 channels do not split into 32 groups"):
-        group_norm(torch.ones(1, 48, 4, 4, device=dev), w, w, 32, 1e-6, False)
+        group_norm(torch.ones(1, 48, 4, 4, device=kernel_device), w, w, 32, 1e-6, False)
     with pytest.raises(ValueError, match=r"expects \(N, C, H, W\)"):
-        group_norm(torch.ones(48, 4, device=dev), w, w, 32, 1e-6, False)
+        group_norm(torch.ones(48, 4, device=kernel_device), w, w, 32, 1e-6, False)
 
 
-def test_module_is_a_drop_in_for_groupnorm(dev):
+def test_module_is_a_drop_in_for_groupnorm(kernel_device):
     from plugin.groupnorm import TritonGroupNorm
 
-    gn = torch.nn.GroupNorm(32, 64, eps=1e-6).to(dev)
+    gn = torch.nn.GroupNorm(32, 64, eps=1e-6).to(kernel_device)
     with torch.no_grad():
         gn.weight.normal_(), gn.bias.normal_()
     tg = TritonGroupNorm.from_groupnorm(gn)
     assert tg.state_dict().keys() == gn.state_dict().keys()
-    x = torch.randn(2, 64, 8, 8, device=dev)
+    x = torch.randn(2, 64, 8, 8, device=kernel_device)
     torch.testing.assert_close(tg(x), gn(x), atol=1e-4, rtol=1e-4)
 
 
@@ -110,17 +92,4 @@ def test_works_inside_torch_compile_and_cuda_graphs():
 
 
 def test_kernels_through_the_interpreter():
-    if ON_GPU or INTERPRETING:
-        pytest.skip("the kernels run directly in this process (GPU or interpreter)")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pytest.skip("triton is not installed: pip install triton (the interpreter runs the kernel on a CPU)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "not interpreter"],
-        env=env, cwd=root, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    rerun_under_interpreter(__file__)
