@@ -13,12 +13,13 @@ from engines.components import COMPONENTS
 AUTO = "auto"
 _SDPA = (("attention", "sdpa"),)
 # The fast rung's options per component, each measured on the H100 (reports/profile-*.md): CLIP's three q/k/v GEMMs as
-# one (0.51 ms per call with explicit attention, 0.53 with SDPA, 0.62 unstacked with SDPA: at 77 tokens cuDNN's fused
-# attention costs more than the softmax it saves); SDPA in the U-ViT (9.0 vs 28.8 ms per step); the decoder
-# channels_last with its GroupNorm statistics split for Inductor and the explicit mid-block attention (6.46 ms; 6.68
-# with SDPA, whose only kernel for 512-wide heads is the memory-efficient one; 7.18 with the Triton GroupNorm).
+# one, read in place by our short-sequence Triton attention (0.444 ms per call; 0.51 with explicit attention, 0.53 with
+# SDPA, 0.62 unstacked with SDPA); SDPA in the U-ViT (9.0 vs 28.8 ms per step); the decoder channels_last with its
+# GroupNorm statistics split for Inductor and the explicit mid-block attention (5.81 ms; 6.46 with session 4's
+# statistics cells; 6.68 with SDPA, whose only kernel for 512-wide heads is the memory-efficient one; 7.18 with the
+# Triton GroupNorm).
 FAST_OPTIONS = {
-    "clip": (("qkv", "stacked"),),
+    "clip": (("qkv", "stacked"), ("attention", "triton")),
     "uvit": _SDPA,
     "decoder": (("groupnorm", "split"), ("channels_last", True)),
 }
