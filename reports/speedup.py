@@ -98,12 +98,22 @@ def efficiency(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 TARGETS = {"clip": 0.5, "uvit": 7.0, "decoder": 5.0, "pipeline": 360.0}
 
 
-def against_targets(table: pd.DataFrame) -> pd.DataFrame:
+def against_targets(table: pd.DataFrame, profiles: dict | None = None) -> pd.DataFrame:
+    """Best against target per row, with the profile report of the best configuration where one exists
+    (reports.profiles.index of the report's folder)."""
+    from reports.profiles import spec_key
+
     best = table["best measured"].astype(float)
     target = pd.Series(TARGETS)
     out = pd.DataFrame({"best ms": best, "target ms": target, "best / target": best / target})
     out["met"] = (out["best / target"] <= 1.0).map({True: "yes", False: "no"})
     out["configuration"] = table["best configuration"]
+
+    def profile(config: object) -> str:
+        name = (profiles or {}).get(spec_key(config)) if isinstance(config, str) and config.count("-") >= 2 else None
+        return f"[{name}]({name})" if name else "-"
+
+    out["profile"] = out["configuration"].map(profile)
     return out
 
 
@@ -132,7 +142,7 @@ def build_seconds(df: pd.DataFrame) -> pd.DataFrame:
     return comp.set_index("case")[cols]
 
 
-def to_markdown(df: pd.DataFrame, env: dict) -> str:
+def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> str:
     table = speedup_table(df)
     fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
     fmt_ms["best configuration"] = table["best configuration"].fillna("-")
@@ -167,11 +177,12 @@ def to_markdown(df: pd.DataFrame, env: dict) -> str:
             + stages.round(2).to_markdown()
             + "\n"
         )
-    targets = against_targets(table)
+    targets = against_targets(table, profiles)
     targets.index = [ROWS[i] for i in targets.index]
     parts.append(
         "## Against the performance targets\n\nThe fastest measured configuration of each row, whatever its "
-        "accuracy (reports/accuracy.md, reports/pd.md say which engines qualify).\n\n"
+        "accuracy (reports/accuracy.md, reports/pd.md say which engines qualify), and its kernel profile where one "
+        "was taken: where the time goes (README.md, 'Performance', sets it against the floor).\n\n"
         + targets.to_markdown(floatfmt=".3f")
         + "\n"
     )
@@ -205,6 +216,8 @@ def environment_of(machine: dict) -> dict:
 
 def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Path:
     df, machine = load_runs(paths)
+    from reports.profiles import index
+
     out = check_writable(out, overwrite=overwrite)
-    out.write_text(to_markdown(df, environment_of(machine)))
+    out.write_text(to_markdown(df, environment_of(machine), index(out.parent)))
     return out

@@ -77,3 +77,36 @@ def test_build_times_are_set_against_their_targets():
     assert list(table["target_s"]) == [120.0, 15.0] and list(table["met"]) == ["no", "yes"]
     assert "model_load_s" not in table and {"clip_compile_s", "sampler_step_compile_s"} <= set(table)
     assert build_from_caches(pd.DataFrame(rows[2:])).empty
+
+
+def test_each_target_points_at_the_profile_of_its_best_engine(tmp_path):
+    import pandas as pd
+
+    from reports.common import env_header
+    from reports.profiles import engine_key, index, spec_key
+    from reports.speedup import against_targets
+
+    assert spec_key("clip-inductor-fp16-graph-qkv=stacked-attention=triton") == engine_key(
+        "clip/inductor/fp16/graph+attention=triton,qkv=stacked"
+    )
+    dashed = spec_key("clip-inductor-fp16-mode=max-autotune-no-cudagraphs-qkv=stacked")
+    assert dashed == engine_key("clip/inductor/fp16+mode=max-autotune-no-cudagraphs,qkv=stacked")
+    assert spec_key("clip-inductor-fp16-graph") != spec_key("clip-inductor-fp16")
+    split = "decoder/inductor/fp16/graph+channels_last=True,groupnorm=split"
+    profiles = {  # file: (date, engine); the decoder is profiled twice, the later one counts
+        "profile-decoder-old.md": ("2026-11-23 10:00 UTC", split),
+        "profile-decoder-new.md": ("2026-11-24 04:00 UTC", split),
+        "profile-clip.md": ("2026-11-24 04:00 UTC", "clip/inductor/fp16/graph+qkv=stacked"),
+    }  # fmt: skip
+    for name, (date, engine) in profiles.items():
+        (tmp_path / name).write_text(env_header("Profile", {"date": date, "engine": engine}) + "\nbody\n")
+    found = index(tmp_path)
+    assert sorted(found.values()) == ["profile-clip.md", "profile-decoder-new.md"]
+    table = pd.DataFrame(
+        {"best measured": [0.6, 9.0, 6.0, 500.0],
+         "best configuration": ["clip-inductor-fp16-graph-qkv=stacked-attention=triton", "uvit-inductor-fp16-graph",
+                                "decoder-inductor-fp16-graph-groupnorm=split-channels_last=True", "fast"]},
+        index=["clip", "uvit", "decoder", "pipeline"],
+    )  # fmt: skip
+    got = against_targets(table, found)["profile"]
+    assert list(got) == ["-", "-", "[profile-decoder-new.md](profile-decoder-new.md)", "-"]
