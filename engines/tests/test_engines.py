@@ -33,7 +33,7 @@ def cpu_models():
         (dict(backend="autocast"), ValueError, "choose fp16 or bf16"),
         (dict(color="red"), ValueError, r"unknown options \['color'\] for backend 'eager'"),
         (dict(groupnorm="apex"), ValueError, r"unknown groupnorm kernel 'apex'"),
-        (dict(attention="flash3"), ValueError, r"unknown attention 'flash3'; choose from \['math', 'sdpa'\]"),
+        (dict(attention="flash3"), ValueError, r"unknown attention 'flash3'; choose from \['math', 'sdpa', 'triton'\]"),
         (dict(postprocess=True), ValueError, "postprocess folds uint8 conversion into an unmarked decoder only"),
         (dict(backend="inductor", persistent_reductions="no"), ValueError, "persistent_reductions is True or False"),
     ],
