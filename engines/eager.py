@@ -34,14 +34,16 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
 
 
 ATTENTION = ("math", "sdpa", "triton")
+EXPORTABLE = ("math", "sdpa")  # what an ONNX export (onnxruntime, TensorRT) can carry
 
 
-def set_attention(module: nn.Module, kind: str) -> nn.Module:
+def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTION) -> nn.Module:
     """`math`: the reference's explicit softmax(QK^T)V; `sdpa`: torch's scaled_dot_product_attention, which picks a
     fused kernel (flash, memory-efficient, cuDNN) by shape and dtype; `triton`: CLIP only, our short-sequence kernel
-    (plugin.attention) reading the stacked q/k/v projection (qkv=stacked) in place."""
-    if kind not in ATTENTION:
-        raise ValueError(f"unknown attention {kind!r}; choose from {list(ATTENTION)}")
+    (plugin.attention) reading the stacked q/k/v projection (qkv=stacked) in place. `kinds`: those a backend can run
+    (an exported graph cannot carry our Triton kernel)."""
+    if kind not in kinds:
+        raise ValueError(f"unknown attention {kind!r}; choose from {list(kinds)}")
     from transformers import CLIPTextModel
     from transformers.models.clip.modeling_clip import CLIPAttention
 

@@ -108,7 +108,7 @@ def export(module: nn.Module, example_inputs: dict[str, Tensor], path: Path) -> 
 def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     import onnxruntime as ort
 
-    from engines.eager import set_attention
+    from engines.eager import EXPORTABLE, set_attention
 
     opts = take_options(
         options, {"attention": "math", "groupnorm": "centered", "export_dir": ""}, backend="onnxruntime"
@@ -116,7 +116,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     if opts["groupnorm"] not in GROUPNORM:
         raise ValueError(f"unknown groupnorm {opts['groupnorm']!r} for onnxruntime; choose from {list(GROUPNORM)}")
     chosen = providers(device, precision=precision, cuda_graph=cuda_graph)
-    module = set_attention(cast(marked, precision), opts["attention"])
+    module = set_attention(cast(marked, precision), opts["attention"], EXPORTABLE)
     if opts["groupnorm"] == "centered":
         centre_groupnorms(module)
     folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-onnx-"))

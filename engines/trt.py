@@ -65,11 +65,12 @@ def build_network(trt, path: Path, *, precision: str, workspace_gib: float, logg
 def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     import tensorrt as trt
 
-    from engines.eager import set_attention
+    from engines.eager import EXPORTABLE, set_attention
     from engines.onnx import export
 
     opts = take_options(options, {"attention": "math", "workspace_gib": 8, "export_dir": ""}, backend="trt")
-    module = set_attention(marked, opts["attention"])  # fp32 weights: TensorRT chooses the lower precision itself
+    # fp32 weights: TensorRT chooses the lower precision itself
+    module = set_attention(marked, opts["attention"], EXPORTABLE)
     folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-trt-"))
     t0 = time.perf_counter()
     path, names = export(module, example_inputs, folder / "model.onnx")

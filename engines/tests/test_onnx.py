@@ -154,3 +154,8 @@ def test_onnx_groupnorm_keeps_fp32_accuracy_where_the_mean_dominates():
         fp32 = ((gn(x).double() - want).norm() / want.norm()).item()
     assert ort_error(centre_groupnorms(Norm())) < 4 * fp32
     assert ort_error(Norm()) > 4 * fp32  # what the exporter's own GroupNorm gives
+
+
+def test_our_triton_attention_is_refused_before_export(models):
+    with pytest.raises(ValueError, match=r"unknown attention 'triton'; choose from \['math', 'sdpa'\]"):
+        build_engine("clip", models, backend="onnx", attention="triton")
