@@ -5,7 +5,8 @@ projection viewed as (B, L, 3, H, D); the output is (B, L, H * D), the layout th
 tokens the explicit path costs four launches per layer (a copy into heads, two batched GEMMs on misaligned 77-wide
 tiles, a softmax), each a few microseconds of a mostly idle GPU; here one program per (sample, head, block of
 queries) holds all the keys, so scores, softmax and the weighted sum stay on chip. Scores and softmax in fp32; the
-probabilities are cast to v's dtype before the second product, as Hugging Face's eager CLIP does.
+probabilities are cast to v's dtype before the second product, as Hugging Face's eager CLIP does. fp32 inputs are
+multiplied in IEEE fp32, not TF32.
 Imports nothing of the project.
 """
 
@@ -22,7 +23,7 @@ BLOCK_M = 32  # queries per program
 
 @triton.jit
 def _attention(qkv_ptr, mask_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_mb, s_mq, s_mk, s_ob, s_ol, s_oh, scale,
-               HAS_MASK: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+               HAS_MASK: tl.constexpr, DOT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr):  # fmt: skip
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
@@ -33,11 +34,7 @@ def _attention(qkv_ptr, mask_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_mb, s_m
     q = tl.load(base + rm[:, None] * s_ql + rd[None, :], mask=rm[:, None] < L, other=0.0)  # (BLOCK_M, D)
     k = tl.load(base + s_qt + rn[:, None] * s_ql + rd[None, :], mask=rn[:, None] < L, other=0.0)  # (BLOCK_N, D)
     v = tl.load(base + 2 * s_qt + rn[:, None] * s_ql + rd[None, :], mask=rn[:, None] < L, other=0.0)
-    if IEEE:  # fp32 engines: no TF32 in the products
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = s * scale  # (BLOCK_M, BLOCK_N) fp32
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * scale  # (BLOCK_M, BLOCK_N) fp32
     if HAS_MASK:
         valid = (rm[:, None] < L) & (rn[None, :] < L)
         s += tl.load(mask_ptr + b * s_mb + rm[:, None] * s_mq + rn[None, :] * s_mk, mask=valid, other=0.0).to(
@@ -46,10 +43,7 @@ def _attention(qkv_ptr, mask_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_mb, s_m
     s = tl.where(rn[None, :] < L, s, float("-inf"))
     p = tl.exp(s - tl.max(s, axis=1)[:, None])
     p = (p / tl.sum(p, axis=1)[:, None]).to(v.dtype)
-    if IEEE:
-        o = tl.dot(p, v, input_precision="ieee")
-    else:
-        o = tl.dot(p, v)
+    o = tl.dot(p, v, input_precision=DOT)
     tl.store(o_ptr + b * s_ob + rm[:, None] * s_ol + h * s_oh + rd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=rm[:, None] < L)  # fmt: skip
 
@@ -82,10 +76,11 @@ def short_attention(qkv: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         s_mb = 0 if mask.shape[0] == 1 else s_mb
     else:
         mask, s_mb, s_mq, s_mk = qkv, 0, 0, 0  # never read
+    dot = "ieee" if qkv.dtype == torch.float32 else "tf32"  # tf32: Triton's default, unused by fp16/bf16 tiles
     grid = (triton.cdiv(L, BLOCK_M), B * H)
     _attention[grid](
         qkv, mask, o, L, H, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), s_mb, s_mq, s_mk,
-        o.stride(0), o.stride(1), D, scale, HAS_MASK=has_mask, IEEE=qkv.dtype == torch.float32, D=D, BLOCK_M=BLOCK_M,
+        o.stride(0), o.stride(1), D, scale, HAS_MASK=has_mask, DOT=dot, D=D, BLOCK_M=BLOCK_M,
         BLOCK_N=max(16, triton.next_power_of_2(L)),
     )  # fmt: skip
     return o
