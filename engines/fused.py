@@ -57,16 +57,15 @@ class SplitGroupNorm(ae.GroupNorm):
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             k = chunks(H, HW // self.PIXELS)  # cells of H // k rows
             parts = xf.permute(0, 2, 3, 1).reshape(N, k, H // k, W, C)  # a view of NHWC memory
-            var, mean = (t.view(N, k, G, CG) for t in torch.var_mean(parts, dim=(2, 3), correction=0))
-            cells = (1, 3)  # merged in place: a transposed view gave var and mean different layouts, and their
-            # reduction a three-dimensional tiling at a third of the bandwidth
+            var, mean = (  # (N, G, k * CG)
+                t.view(N, k, G, CG).transpose(1, 2).reshape(N, G, k * CG)
+                for t in torch.var_mean(parts, dim=(2, 3), correction=0)
+            )
         else:
             k = chunks(HW, CG * HW // self.CHUNK)
             var, mean = torch.var_mean(xf.reshape(N, G, k, CG * HW // k), dim=-1, correction=0)  # (N, G, k)
-            cells = (2,)
-        group_mean = mean.mean(cells, keepdim=True)
-        group_var = var.mean(cells, keepdim=True) + (mean - group_mean).square().mean(cells, keepdim=True)
-        group_mean, group_var = group_mean.reshape(N, G), group_var.reshape(N, G)
+        group_mean = mean.mean(-1)  # (N, G)
+        group_var = var.mean(-1) + (mean - group_mean[..., None]).square().mean(-1)
         rstd = torch.rsqrt(group_var + self.eps)
         mean_c, rstd_c = (t.repeat_interleave(CG, dim=1)[:, :, None, None] for t in (group_mean, rstd))  # (N, C, 1, 1)
         w, b = self.weight.float()[:, None, None], self.bias.float()[:, None, None]
