@@ -39,15 +39,12 @@ class SplitGroupNorm(ae.GroupNorm):
     SiLU after it.
 
     NCHW: a cell is a contiguous slice of one group, about CHUNK elements. channels_last: a cell is one channel over
-    about PIXELS pixels, so that a program reads whole rows of contiguous channels; cells cut from a group's channels
-    (4 of every 128 at the decoder's widest) would use a quarter of each memory sector they touch. A cell is whole
-    image rows: one cut across rows gives Inductor an index with a floor division in it, which it can only tile in
-    three dimensions, and that kernel read at a third of the bandwidth of the others and left the conv bias as a pass
-    of its own.
+    ROWS pixels, so that a program reads whole rows of contiguous channels; cells cut from a group's channels (4 of
+    every 128 at the decoder's widest) would use a quarter of each memory sector they touch.
     """
 
     CHUNK = 8192  # NCHW: elements per cell
-    PIXELS = 512  # channels_last: pixels per cell, rounded to whole image rows
+    ROWS = 512  # channels_last: pixels per cell
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C, H, W), x's dtype and memory format
         N, C, H, W = x.shape
@@ -55,11 +52,11 @@ class SplitGroupNorm(ae.GroupNorm):
         CG = C // G
         xf = x.float()
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            k = chunks(H, HW // self.PIXELS)  # cells of H // k rows
-            parts = xf.permute(0, 2, 3, 1).reshape(N, k, H // k, W, C)  # a view of NHWC memory
+            k = chunks(HW, HW // self.ROWS)
+            parts = xf.permute(0, 2, 3, 1).reshape(N, k, HW // k, C)  # a view of NHWC memory
             var, mean = (  # (N, G, k * CG)
                 t.view(N, k, G, CG).transpose(1, 2).reshape(N, G, k * CG)
-                for t in torch.var_mean(parts, dim=(2, 3), correction=0)
+                for t in torch.var_mean(parts, dim=2, correction=0)
             )
         else:
             k = chunks(HW, CG * HW // self.CHUNK)

@@ -96,7 +96,7 @@ def test_split_groupnorm_is_the_reference_groupnorm(shape, layout):
         ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
     split = copy.deepcopy(ref).float()
     split.__class__ = fused.SplitGroupNorm
-    split.CHUNK, split.PIXELS = 64, 8  # several cells per group even at these sizes
+    split.CHUNK, split.ROWS = 64, 8  # several cells per group even at these sizes
     std = 0.05 + torch.rand(shape[1], 1, 1, dtype=torch.float64)
     x = (3.0 + torch.randn(shape, dtype=torch.float64) * std).float()  # mean >> std, as after a conv with a bias
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
