@@ -198,7 +198,7 @@ def profile_engine(
     """Kernel-time breakdown of one engine (bench.profile) -> markdown under reports/ (or `out`)."""
     from bench.environment import environment
     from bench.flops import component_flops
-    from bench.profile import profile, to_markdown
+    from bench.profile import copy_bandwidth, profile, to_markdown, triton_bytes
     from engines.components import example_inputs
     from reports.common import check_writable
 
@@ -208,14 +208,17 @@ def profile_engine(
     cfg, dev = resolve(size, "cuda")
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
     kw = dict(backend=backend, precision=precision, cuda_graph=cuda_graph, **options)
-    if component == "sampler":
-        engine = build_sampler(models, **kw)
-        inputs = sampler_inputs(models, calls=engine.meta["calls"])
-        flops = engine.meta["calls"] * component_flops("uvit", cfg.name)
-    else:
-        engine = build_engine(component, models, **kw)
-        inputs = example_inputs(component, cfg, device=dev)
-        flops = component_flops(component, cfg.name, guidance=str(options.get("guidance", "batched")))
+    import torch._inductor.config as inductor_config  # the compiler stack: imported only where it is used
+
+    with inductor_config.patch(benchmark_kernel=True):  # Triton kernels keep their byte counts
+        if component == "sampler":
+            engine = build_sampler(models, **kw)
+            inputs = sampler_inputs(models, calls=engine.meta["calls"])
+            flops = engine.meta["calls"] * component_flops("uvit", cfg.name)
+        else:
+            engine = build_engine(component, models, **kw)
+            inputs = example_inputs(component, cfg, device=dev)
+            flops = component_flops(component, cfg.name, guidance=str(options.get("guidance", "batched")))
     out = check_writable(
         Path(out or f"reports/profile-{engine.name.replace('/', '-').replace('+', '-').replace(',', '-')}.md"),
         overwrite=overwrite,
@@ -223,7 +226,12 @@ def profile_engine(
     result = profile(lambda: engine(**inputs), repeat=repeat)
     env = {**environment(weights=models.weights, size=cfg.name), "engine": engine.name}
     env.update({f"{k} seconds": f"{v:.1f}" for k, v in engine.seconds.items()})
-    out.write_text(to_markdown(f"Profile of {engine.name}", env, result, flops=flops))
+    bandwidth = copy_bandwidth(dev)
+    out.write_text(
+        to_markdown(
+            f"Profile of {engine.name}", env, result, flops=flops, nbytes=triton_bytes(), copy_bytes_per_s=bandwidth
+        )
+    )
     return out
 
 

@@ -3,6 +3,9 @@
     python -m bench profile --component uvit --backend inductor --precision fp16 --cuda-graph --option attention=sdpa
 
 The gap between the event time and the sum of kernel times is time the GPU sat idle (launch overhead, host work).
+Inductor's Triton kernels also carry the bytes they move (Inductor's own count, kept when the engine is compiled under
+`torch._inductor.config.benchmark_kernel`), set against the bandwidth of a device-to-device copy measured alongside:
+the memory-bound share of an engine, and how far it is from its floor.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ KINDS = (
     ("norm / reduction (triton)", re.compile(r"group_norm|layer_norm", re.I)),
     ("copy / memset", re.compile(r"memcpy|memset|copy|cat|fill", re.I)),
 )
+
+
+TOP = 20  # kernels listed by name
 
 
 def kind_of(kernel: str) -> str:
@@ -61,21 +67,79 @@ def profile(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 10) -> d
     return {"event_ms": event_ms, "kernels": kernels}
 
 
+def triton_bytes() -> dict[str, float]:
+    """Bytes read and written per launch of each Triton kernel Inductor has loaded in this process, by kernel name:
+    Inductor's count (every buffer once, an in-place one twice), present for kernels compiled with
+    `torch._inductor.config.benchmark_kernel` set."""
+    from torch._inductor.codecache import PyCodeCache
+
+    found = {}
+    for module in list(PyCodeCache.modules):
+        for obj in list(vars(module).values()):
+            meta = getattr(obj, "inductor_meta", None)
+            if isinstance(meta, dict) and meta.get("kernel_num_gb") and meta.get("kernel_name"):
+                found[meta["kernel_name"]] = meta["kernel_num_gb"] * 1e9
+    return found
+
+
+def copy_bandwidth(device: torch.device, *, nbytes: int = 1 << 30, repeat: int = 20) -> float:
+    """Bytes per second of a device-to-device copy of `nbytes` (read plus write), the median of `repeat` after warm-up:
+    the bandwidth memory-bound kernels are held against."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeat + 3):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        dst.copy_(src)
+        e.record()
+        e.synchronize()
+        if i >= 3:
+            times.append(s.elapsed_time(e))
+    return nbytes / (statistics.median(times) / 1e3)
+
+
+def with_traffic(kernels: pd.DataFrame, nbytes: dict[str, float]) -> pd.DataFrame:
+    """`kernels` with GB per call (NaN where the kernel's bytes are unknown) and the TB/s that makes."""
+    out = kernels.copy()
+    out["GB"] = out["kernel"].map(nbytes) * out["calls"] / 1e9
+    out["TB/s"] = out["GB"] / out["ms"]  # GB per ms is TB per s
+    return out
+
+
 def by_kind(kernels: pd.DataFrame, event_ms: float) -> pd.DataFrame:
-    kinds = kernels.groupby("kind").agg(ms=("ms", "sum"), kernels=("kernel", "count"), launches=("calls", "sum"))
-    kinds = kinds.sort_values("ms", ascending=False)
+    agg = dict(ms=("ms", "sum"), kernels=("kernel", "count"), launches=("calls", "sum"))
+    if "GB" in kernels:
+        agg["GB"] = ("GB", lambda gb: gb.sum(min_count=1))
+    kinds = kernels.groupby("kind").agg(**agg).sort_values("ms", ascending=False)
     idle = pd.DataFrame({"ms": [max(event_ms - kernels["ms"].sum(), 0.0)], "kernels": [0], "launches": [0.0]})
     kinds = pd.concat([kinds, idle.set_axis(["idle (event time - kernel time)"])])
     kinds["share"] = kinds["ms"] / event_ms
+    if "GB" in kinds:
+        known = kernels[kernels["GB"].notna()].groupby("kind")["ms"].sum()  # the time of the kernels counted
+        kinds["TB/s"] = kinds["GB"] / known.reindex(kinds.index)
     return kinds
 
 
-def to_markdown(title: str, env: dict, result: dict, *, flops: float, top: int = 20) -> str:
+def traffic_line(kernels: pd.DataFrame, copy_bytes_per_s: float) -> str:
+    """One sentence: the counted kernels' traffic, their bandwidth, and the time that traffic takes at copy speed."""
+    counted = kernels[kernels["GB"].notna()]
+    if counted.empty:
+        return "No kernel here carries Inductor's byte count (eager engines, or compiled without benchmark_kernel)."
+    gb, ms, copy = counted["GB"].sum(), counted["ms"].sum(), copy_bytes_per_s / 1e12
+    return (
+        f"Inductor's Triton kernels move **{gb:.2f} GB** per call in {ms:.3f} ms, {gb / ms:.2f} TB/s; a "
+        f"device-to-device copy runs at {copy:.2f} TB/s here, at which the same traffic would take "
+        f"**{gb / copy:.3f} ms**. GB: Inductor's count of the buffers each kernel reads and writes, each once."
+    )
+
+
+def to_markdown(title: str, env: dict, result: dict, *, flops: float, nbytes: dict, copy_bytes_per_s: float) -> str:
     from reports.common import env_header
 
-    ms, kernels = result["event_ms"], result["kernels"]
+    ms, kernels = result["event_ms"], with_traffic(result["kernels"], nbytes)
     kinds = by_kind(kernels, ms)
-    head = kernels.head(top).copy()
+    head = kernels.head(TOP).copy()
     head["kernel"] = head["kernel"].str.slice(0, 90)
     return "\n".join(
         [
@@ -83,6 +147,7 @@ def to_markdown(title: str, env: dict, result: dict, *, flops: float, top: int =
             f"CUDA-event time per call: **{ms:.3f} ms** (median); {flops / 1e12:.3f} TFLOP per call, "
             f"{flops / ms / 1e9:.1f} TFLOP/s achieved. Kernel times from torch.profiler (CUPTI), per call.\n",
             "## By kind\n\n" + kinds.to_markdown(floatfmt=".3f") + "\n",
-            f"## Top {top} kernels\n\n" + head.to_markdown(index=False, floatfmt=".3f") + "\n",
+            "## Memory traffic\n\n" + traffic_line(kernels, copy_bytes_per_s) + "\n",
+            f"## Top {TOP} kernels\n\n" + head.to_markdown(index=False, floatfmt=".3f") + "\n",
         ]
     )

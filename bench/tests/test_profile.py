@@ -1,8 +1,9 @@
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import parse_options
-from bench.profile import by_kind, kind_of
+from bench.profile import by_kind, copy_bandwidth, kind_of, traffic_line, triton_bytes, with_traffic
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,46 @@ def test_idle_time_is_event_time_minus_kernel_time():
     assert kinds.loc["gemm", "ms"] == 3.0 and kinds.loc["gemm", "launches"] == 3.0
     assert kinds.loc["idle (event time - kernel time)", "ms"] == pytest.approx(0.5)
     assert kinds["share"].sum() == pytest.approx(1.0)
+
+
+def test_traffic_counts_only_the_kernels_whose_bytes_are_known():
+    kernels = pd.DataFrame(
+        {
+            "kernel": ["triton_poi_a", "triton_poi_b", "triton_red_c", "nvjet_gemm"],
+            "calls": [2.0, 1.0, 1.0, 1.0],
+            "ms": [0.2, 0.1, 0.3, 1.0],
+        }
+    )
+    kernels["kind"] = kernels["kernel"].map(kind_of)
+    kernels = with_traffic(kernels, {"triton_poi_a": 1e8, "triton_red_c": 3e8})  # per launch; b's unknown
+    assert kernels.set_index("kernel").loc["triton_poi_a", "GB"] == pytest.approx(0.2)  # two launches
+    kinds = by_kind(kernels, event_ms=2.0)
+    assert kinds.loc["pointwise (triton)", "GB"] == pytest.approx(0.2)
+    assert kinds.loc["pointwise (triton)", "TB/s"] == pytest.approx(1.0)  # 0.2 GB in a's 0.2 ms, not in 0.3
+    assert kinds.loc["norm / reduction (triton)", "TB/s"] == pytest.approx(1.0)
+    assert pd.isna(kinds.loc["gemm", "GB"]) and pd.isna(kinds.loc["gemm", "TB/s"])
+    line = traffic_line(kernels, copy_bytes_per_s=2.5e12)
+    assert "**0.50 GB**" in line and "1.00 TB/s" in line and "**0.200 ms**" in line  # 0.5 GB at 2.5 TB/s
+
+
+def test_traffic_says_when_no_kernel_carries_a_byte_count():
+    kernels = pd.DataFrame({"kernel": ["nvjet_gemm"], "calls": [1.0], "ms": [1.0], "kind": ["gemm"]})
+    assert "No kernel here carries" in traffic_line(with_traffic(kernels, {}), copy_bytes_per_s=3e12)
+
+
+@pytest.mark.gpu
+def test_inductor_byte_counts_are_found_by_kernel_name():
+    import torch._inductor.config as inductor_config
+
+    x = torch.randn(1 << 20, device="cuda")
+    with inductor_config.patch(benchmark_kernel=True):
+        torch.compile(lambda t: t * 3.0 + 1.0)(x)
+    assert 8 * (1 << 20) in triton_bytes().values()  # 4 MiB read, 4 MiB written
+
+
+@pytest.mark.gpu
+def test_copy_bandwidth_is_a_memory_bandwidth():
+    assert 1e11 < copy_bandwidth(torch.device("cuda"), nbytes=1 << 28) < 2e13
 
 
 def test_engine_options_parse_from_the_command_line():
