@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.matrix import FAST_OPTIONS
+from bench.matrix import fast_options
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ LADDER: list[Rung] = [
     Rung("inductor-fp16", "Inductor-FP16", _all(Build("inductor", "fp16"))),
     Rung("inductor-fp16-graph", "Inductor-FP16 + CUDA graph", _all(Build("inductor", "fp16", True))),
     Rung("eager-fp16-graph", "Eager-FP16 + CUDA graph", _all(Build("eager", "fp16", True))),
-    # issue 6: bench.matrix.FAST_OPTIONS per component, the 50-call solver loop as one graph
+    # issue 6: bench.matrix.fast_options per component, the 50-call solver loop as one graph
     Rung("fast", "Inductor-FP16 + SDPA + whole-loop graph",
-         {c: Build("inductor", "fp16", True, FAST_OPTIONS[c]) for c in ("clip", "uvit", "decoder")}, loop=True),
-    Rung("fast-fp8", "the same with FP8 U-ViT block linears",
-         {c: Build("inductor", "fp8" if c == "uvit" else "fp16", True, FAST_OPTIONS[c])
-          for c in ("clip", "uvit", "decoder")}, loop=True),
+         {c: Build("inductor", "fp16", True, fast_options(c, "fp16")) for c in ("clip", "uvit", "decoder")}, loop=True),
+    Rung("fast-fp8", "the same with FP8 U-ViT block linears (per-row scales)",
+         {c: Build("inductor", p, True, fast_options(c, p))
+          for c, p in (("clip", "fp16"), ("uvit", "fp8"), ("decoder", "fp16"))}, loop=True),
 ]  # fmt: skip
 BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
 

@@ -127,10 +127,14 @@ def traffic_line(kernels: pd.DataFrame, copy_bytes_per_s: float) -> str:
     if counted.empty:
         return "No kernel here carries Inductor's byte count (eager engines, or compiled without benchmark_kernel)."
     gb, ms, copy = counted["GB"].sum(), counted["ms"].sum(), copy_bytes_per_s / 1e12
+    rest = kernels["ms"].sum() - ms
     return (
         f"Inductor's Triton kernels move **{gb:.2f} GB** per call in {ms:.3f} ms, {gb / ms:.2f} TB/s; a "
         f"device-to-device copy runs at {copy:.2f} TB/s here, at which the same traffic would take "
-        f"**{gb / copy:.3f} ms**. GB: Inductor's count of the buffers each kernel reads and writes, each once."
+        f"**{gb / copy:.3f} ms**. The other kernels take {rest:.3f} ms, so with the same kernels and the Triton "
+        f"traffic at copy speed the GPU would be busy **{rest + gb / copy:.3f} ms** per call: this engine's floor "
+        f"unless the traffic shrinks or the other kernels get faster. GB: Inductor's count of the buffers each "
+        f"kernel reads and writes, each once."
     )
 
 

@@ -67,20 +67,23 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
 
 def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -> tuple[nn.Module, dict]:
     """The module transforms the eager and inductor backends share; returns the module and what was applied."""
-    from engines import fused
+    from engines import fp8, fused
 
     defaults = {
         "attention": "math", "groupnorm": "torch", "channels_last": False, "cudnn_benchmark": False,
-        **{name: choices[0] for name, choices in fused.FUSIONS.items()}, **EXTRA[backend],
+        **{name: choices[0] for name, choices in fused.FUSIONS.items()},
+        **{name: choices[0] for name, choices in fp8.OPTIONS.items()}, **EXTRA[backend],
     }  # fmt: skip
     opts = take_options(options, defaults, backend=backend)
+    fp8_options = {name: opts.pop(name) for name in fp8.OPTIONS}
+    fp8.check_options(**fp8_options)
+    if precision != "fp8" and any(fp8_options[name] != choices[0] for name, choices in fp8.OPTIONS.items()):
+        raise ValueError(f"{sorted(fp8.OPTIONS)} apply to precision fp8, not {precision}")
     module = marked if backend == "autocast" else cast(marked, precision)
     fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"])
     set_attention(module, opts["attention"])
     if precision == "fp8":
-        from engines.fp8 import swap_linears
-
-        opts["fp8_linears"] = swap_linears(module)
+        opts.update(fp8_options, fp8_linears=fp8.swap_linears(module, **fp8_options))
     swap_groupnorm(module, opts["groupnorm"])
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)

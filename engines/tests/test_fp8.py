@@ -8,16 +8,43 @@ from engines import BackendUnavailable, build_engine
 from engines.fp8 import E4M3_MAX, LINEARS_PER_BLOCK, Fp8Linear, quantize, swap_linears
 
 
-def test_fp8_linear_approximates_the_linear_within_e4m3_rounding():
+@pytest.mark.parametrize("scaling", ["tensor", "row"])
+@pytest.mark.parametrize("accumulate", ["exact", "fast"])
+def test_fp8_linear_approximates_the_linear_within_e4m3_rounding(scaling, accumulate):
     g = torch.Generator().manual_seed(0)
     linear = nn.Linear(64, 48)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(48, 64, generator=g))
     x = torch.randn(5, 7, 64, generator=g)
-    want, got = linear(x), Fp8Linear(linear)(x)
+    want, got = linear(x), Fp8Linear(linear, fp8_scaling=scaling, fp8_accumulate=accumulate)(x)
     rel = ((got - want).norm() / want.norm()).item()
     assert got.shape == want.shape and got.dtype == want.dtype
     assert 1e-4 < rel < 2**-4  # it did quantise, and only to e4m3's precision
+
+
+def test_row_scaling_keeps_small_rows_that_one_tensor_scale_flushes():
+    linear = nn.Linear(64, 32)
+    x = torch.randn(2, 64)
+    x[1] *= 1e-6  # a row far below the other's maximum: one scale leaves it in e4m3's subnormals or at zero
+    want = x @ linear.weight.t()
+    errs = {}
+    for scaling in ("tensor", "row"):
+        got = Fp8Linear(linear, fp8_scaling=scaling)(x) - linear.bias
+        errs[scaling] = ((got[1] - want[1]).norm() / want[1].norm()).item()
+    assert errs["row"] < 2**-4 < errs["tensor"], errs
+
+
+def test_row_scales_are_per_token_and_per_output_channel():
+    q, s = quantize(torch.tensor([[1.0, -4.0], [0.5, 0.25]]), rows=True)
+    assert s.shape == (2, 1) and s.flatten().tolist() == pytest.approx([4.0 / E4M3_MAX, 0.5 / E4M3_MAX])
+    assert Fp8Linear(nn.Linear(32, 16), fp8_scaling="row").weight_scale.shape == (1, 16)
+
+
+def test_unknown_fp8_options_are_refused_by_name():
+    with pytest.raises(ValueError, match="unknown fp8_scaling 'block'"):
+        Fp8Linear(nn.Linear(32, 16), fp8_scaling="block")
+    with pytest.raises(ValueError, match="unknown fp8_accumulate 'sloppy'"):
+        Fp8Linear(nn.Linear(32, 16), fp8_accumulate="sloppy")
 
 
 def test_quantize_scales_so_nothing_saturates():
@@ -56,6 +83,8 @@ def test_fp8_engines_are_uvit_only_and_need_fp8_tensor_cores():
     models = load_models(ModelConfig.from_name("tiny"), seed=0)
     with pytest.raises(ValueError, match="fp8 applies to the U-ViT's block linears"):
         build_engine("decoder", models, precision="fp8")
+    with pytest.raises(ValueError, match=r"apply to precision fp8, not fp32"):
+        build_engine("uvit", models, precision="fp32", fp8_scaling="row")
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="FP8 tensor cores"):
             build_engine("uvit", models, precision="fp8")
