@@ -42,14 +42,16 @@ def test_fp8_linear_approximates_the_linear_within_e4m3_rounding(scaling, accumu
 
 def test_row_scaling_keeps_small_rows_that_one_tensor_scale_flushes():
     dev = fp8_device("row")
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32  # CUDA's _scaled_mm takes no bias with fp32 out
+    torch.manual_seed(0)
     linear = nn.Linear(64, 32)
     x = torch.randn(2, 64)
-    x[1] *= 1e-6  # a row far below the other's maximum: one scale leaves it in e4m3's subnormals or at zero
-    want = x @ linear.weight.t()
+    x[0], x[1] = x[0] * 1e3, x[1] * 1e-2  # one scale for both rows flushes most of row 1 to zero in e4m3
+    want = x[1] @ linear.weight.t()
     errs = {}
     for scaling in ("tensor", "row"):
-        got = (Fp8Linear(linear.to(dev), fp8_scaling=scaling)(x.to(dev)) - linear.bias).cpu()
-        errs[scaling] = ((got[1] - want[1]).norm() / want[1].norm()).item()
+        got = Fp8Linear(linear.to(dev, dtype), fp8_scaling=scaling)(x.to(dev, dtype))[1].cpu().float()
+        errs[scaling] = ((got - linear.bias.detach().cpu().float() - want).norm() / want.norm()).item()
     assert errs["row"] < 2**-4 < errs["tensor"], errs
 
 
