@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.clocks import ClockSampler
 from bench.flops import component_flops
 from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
 from engines.components import example_inputs
@@ -31,9 +32,10 @@ def test_component(benchmark, bench_case, engine_for, model_config, device, roun
     timed = Events(engine.output, device=device, label=engine.name)
     benchmark.group = component
     reset_peak_memory(device)
-    out = benchmark.pedantic(
-        timed, kwargs=inputs, rounds=rounds["component"], warmup_rounds=rounds["component_warmup"], iterations=1
-    )
+    with ClockSampler(device) as clocks:
+        out = benchmark.pedantic(
+            timed, kwargs=inputs, rounds=rounds["component"], warmup_rounds=rounds["component_warmup"], iterations=1
+        )
     # --benchmark-disable makes pedantic a single untimed call: the code path runs, nothing is measured
     ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
     flops = component_flops(component, model_config.name, guidance=dict(build.options).get("guidance", "batched"))
@@ -43,7 +45,7 @@ def test_component(benchmark, bench_case, engine_for, model_config, device, roun
         cuda_graph=build.cuda_graph, options=",".join(f"{k}={v}" for k, v in build.options) or "-",
         size=model_config.name, device=str(device), **ms, flops=flops, tflops=flops / ms["p50_ms"] / 1e9,
         peak_mib=peak_memory_mib(device), **{f"{k}_s": v for k, v in engine.seconds.items()},
-        fp32_matmul="ieee" if build.precision == "fp32" else "-",
+        fp32_matmul="ieee" if build.precision == "fp32" else "-", **clocks.summary(),
     )  # fmt: skip
     assert out.shape == expected_shape(component, model_config)
     assert torch.isfinite(out.float()).all(), f"{engine.name}: non-finite output"
@@ -57,7 +59,8 @@ def test_matmul_peak(benchmark, dtype, rounds):
     n = 8192
     a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
     timed = Events(torch.matmul, device=torch.device("cuda"), label="matmul")
-    benchmark.pedantic(timed, args=(a, b), rounds=rounds["component"], warmup_rounds=rounds["component_warmup"])
+    with ClockSampler(torch.device("cuda")) as clocks:
+        benchmark.pedantic(timed, args=(a, b), rounds=rounds["component"], warmup_rounds=rounds["component_warmup"])
     ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
     benchmark.extra_info.update(component="matmul-peak", precision=str(dtype).split(".")[-1], **ms,
-                                tflops=2 * n**3 / ms["p50_ms"] / 1e9)  # fmt: skip
+                                tflops=2 * n**3 / ms["p50_ms"] / 1e9, **clocks.summary())  # fmt: skip

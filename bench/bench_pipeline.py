@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.clocks import ClockSampler
 from bench.flops import pipeline_flops
 from bench.ladder import LADDER, rung_engines
 from bench.ladder import stages as pipeline_stages
@@ -78,7 +79,8 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
         return result
 
     reset_peak_memory(device)
-    benchmark.pedantic(one_image, setup=next_image, rounds=timed, warmup_rounds=warmup, iterations=1)
+    with ClockSampler(device) as clocks:
+        benchmark.pedantic(one_image, setup=next_image, rounds=timed, warmup_rounds=warmup, iterations=1)
 
     warmup = 0 if benchmark.disabled else warmup  # disabled: one untimed call, nothing skipped
     calls = pipe.plan.calls
@@ -99,7 +101,7 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
         wall_p50_ms=wall_s * 1e3, flops=pipeline_flops(models.config.name), peak_mib=peak_memory_mib(device),
         engines={c: e.name for c, e in engines.items()},
         build_seconds={c: e.seconds for c, e in engines.items()},
-        noise_order=pipe.noise_order, rounding=pipe.rounding,
+        noise_order=pipe.noise_order, rounding=pipe.rounding, **clocks.summary(),
     )  # fmt: skip
     _save(pytestconfig.getoption("--bench-images") / rung.name, results[warmup:], benchmark.extra_info)
     last = results[-1][1]

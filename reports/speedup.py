@@ -142,6 +142,15 @@ def build_seconds(df: pd.DataFrame) -> pd.DataFrame:
     return comp.set_index("case")[cols]
 
 
+def clocks(df: pd.DataFrame) -> pd.DataFrame:
+    """The SM clock and power sampled while each benchmark ran (bench.clocks), for the runs that sampled them."""
+    if "clock_samples" not in df:
+        return pd.DataFrame()
+    sampled = df[df["clock_samples"].fillna(0) > 0]
+    cols = ["sm_clock_mhz_p50", "sm_clock_mhz_min", "power_w_p50", "clock_samples"]
+    return sampled.set_index("name")[cols]
+
+
 def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> str:
     table = speedup_table(df)
     fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
@@ -202,6 +211,13 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> st
             "cache, and compiled anew.\n\n"
             + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f")
             + "\n"
+        )
+    sampled = clocks(df)
+    if len(sampled):
+        parts.append(
+            "## GPU clocks while timed\n\nSampled by nvidia-smi every 50 ms during each benchmark's rounds: a time "
+            "that moves between runs with the clock moved with the GPU, not with the code. The environment header's "
+            "`sm_clock` is one reading taken before any work.\n\n" + sampled.to_markdown(floatfmt=".0f") + "\n"
         )
     if "runs" in df.attrs:
         parts.append("## Runs merged\n\n" + df.attrs["runs"].to_markdown(index=False) + "\n")

@@ -110,3 +110,19 @@ def test_each_target_points_at_the_profile_of_its_best_engine(tmp_path):
     )  # fmt: skip
     got = against_targets(table, found)["profile"]
     assert list(got) == ["-", "-", "[profile-decoder-new.md](profile-decoder-new.md)", "-"]
+
+
+def test_clocks_are_listed_for_the_runs_that_sampled_them():
+    import pandas as pd
+
+    from reports.speedup import clocks
+
+    rows = [
+        {"name": "test_component[uvit]", "clock_samples": 40, "sm_clock_mhz_p50": 1755.0, "sm_clock_mhz_min": 1650.0,
+         "power_w_p50": 690.0},
+        {"name": "test_component[clip-cpu]", "clock_samples": 0, "clock_note": "not a CUDA device"},
+        {"name": "test_component[old-run]"},  # a JSON from before clocks were sampled
+    ]  # fmt: skip
+    table = clocks(pd.DataFrame(rows))
+    assert list(table.index) == ["test_component[uvit]"] and table.loc["test_component[uvit]", "power_w_p50"] == 690
+    assert clocks(pd.DataFrame(rows[2:])).empty
