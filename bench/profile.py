@@ -21,7 +21,8 @@ import torch
 # conv's bias add and a SiLU, not a convolution: Triton kernels are sorted by their prefix before any name pattern.
 # Convolutions run as implicit GEMMs, so they are tested before plain GEMMs.
 KINDS = (
-    ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax", re.I)),
+    # an Inductor pointwise kernel named after the attention op it feeds (CLIP's causal mask) is not attention
+    ("attention", re.compile(r"^(?!triton_poi_).*(flash|fmha|attention|sdpa|softmax)", re.I)),
     ("gemm", re.compile(r"^triton_tem_", re.I)),  # Inductor's GEMM templates (max-autotune)
     ("norm / reduction (triton)", re.compile(r"^triton_(red|per)_|^_(partial|merge)_stats$|^_normalize$", re.I)),
     ("pointwise (triton)", re.compile(r"^triton_", re.I)),

@@ -16,6 +16,9 @@ from bench.profile import by_kind, copy_bandwidth, kind_of, traffic_line, triton
         ("triton_red_fused_add_native_layer_norm_3", "norm / reduction (triton)"),
         ("triton_poi_fused_gelu_4", "pointwise (triton)"),
         ("triton_poi_fused_add_convolution_silu_33", "pointwise (triton)"),  # a conv's bias add, not a conv
+        ("triton_poi_fused_full_short_attention_triu_unsqueeze_view_1", "pointwise (triton)"),  # a mask
+        ("triton_per_fused__softmax_4", "attention"),
+        ("_attention", "attention"),  # plugin.attention's kernel
         ("triton_tem_fused_addmm_gelu_2", "gemm"),
         ("_partial_stats", "norm / reduction (triton)"),  # plugin.groupnorm's kernels
         ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other elementwise"),
