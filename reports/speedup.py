@@ -148,7 +148,7 @@ def clocks(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     sampled = df[df["clock_samples"].fillna(0) > 0]
     cols = ["sm_clock_mhz_p50", "sm_clock_mhz_min", "power_w_p50", "clock_samples"]
-    return sampled.set_index("name")[cols]
+    return sampled.set_index("name").reindex(columns=cols)  # a CPU run has the count, and no clock columns
 
 
 def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> str:

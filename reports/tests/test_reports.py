@@ -126,3 +126,4 @@ def test_clocks_are_listed_for_the_runs_that_sampled_them():
     table = clocks(pd.DataFrame(rows))
     assert list(table.index) == ["test_component[uvit]"] and table.loc["test_component[uvit]", "power_w_p50"] == 690
     assert clocks(pd.DataFrame(rows[2:])).empty
+    assert clocks(pd.DataFrame(rows[1:])).empty  # a CPU run: samples counted, none taken
