@@ -86,18 +86,14 @@ def triton_bytes() -> dict[str, float]:
 def copy_bandwidth(device: torch.device, *, nbytes: int = 1 << 30, repeat: int = 20) -> float:
     """Bytes per second of a device-to-device copy of `nbytes` (read plus write), the median of `repeat` after warm-up:
     the bandwidth memory-bound kernels are held against."""
+    from bench.timing import Events
+
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    times = []
-    for i in range(repeat + 3):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        dst.copy_(src)
-        e.record()
-        e.synchronize()
-        if i >= 3:
-            times.append(s.elapsed_time(e))
-    return nbytes / (statistics.median(times) / 1e3)
+    timed = Events(dst.copy_, device=device, label="copy")
+    for _ in range(repeat + 3):
+        timed(src)
+    return nbytes / (statistics.median(timed.ms(skip=3)) / 1e3)
 
 
 def with_traffic(kernels: pd.DataFrame, nbytes: dict[str, float]) -> pd.DataFrame:
