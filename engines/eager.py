@@ -79,6 +79,9 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     fp8.check_options(**fp8_options)
     if precision != "fp8" and any(fp8_options[name] != choices[0] for name, choices in fp8.OPTIONS.items()):
         raise ValueError(f"{sorted(fp8.OPTIONS)} apply to precision fp8, not {precision}")
+    if precision == "fp8" and opts["mlp"] == "epilogue":
+        raise ValueError("mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM, and precision fp8 makes it an FP8 GEMM: "
+                         "choose one")  # fmt: skip
     module = marked if backend == "autocast" else cast(marked, precision)
     fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"])
     set_attention(module, opts["attention"])
@@ -90,7 +93,9 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     return module, opts
 
 
-EXTRA = {"eager": {}, "autocast": {}, "inductor": {"mode": "default", "persistent_reductions": True}}
+EXTRA = {
+    "eager": {}, "autocast": {}, "inductor": {"mode": "default", "persistent_reductions": True, "multi_kernel": False}
+}  # fmt: skip
 
 
 @register_engine("eager")

@@ -19,8 +19,9 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     module, opts = prepare(marked, precision=precision, options=options, backend="inductor")
     if opts["mode"] not in MODES:
         raise ValueError(f"unknown inductor mode {opts['mode']!r}; choose from {list(MODES)}")
-    if not isinstance(opts["persistent_reductions"], bool):
-        raise ValueError(f"persistent_reductions is True or False, not {opts['persistent_reductions']!r}")
+    for name in ("persistent_reductions", "multi_kernel"):
+        if not isinstance(opts[name], bool):
+            raise ValueError(f"{name} is True or False, not {opts[name]!r}")
     # Every engine compiles the same forward code object with its own guards; without room for them, dynamo would
     # silently fall back to eager after 8 engines.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -32,7 +33,10 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     bench = opts["cudnn_benchmark"]
     # Inductor makes a reduction persistent (one program per row) when a row fits its heuristic; for the decoder's
     # GroupNorms a "row" is a whole group, a million elements at 512x512, and 32 programs leave the GPU idle.
-    with torch._inductor.config.patch({"triton.persistent_reductions": bool(opts["persistent_reductions"])}):
+    # multi_kernel: rows of up to 16x that heuristic's 1024 elements get a persistent and a looped kernel, and the first
+    # call keeps the faster; the U-ViT's LayerNorm rows of 1536 are otherwise looped.
+    reductions = {"triton.persistent_reductions": opts["persistent_reductions"]}
+    with torch._inductor.config.patch({**reductions, "triton.multi_kernel": int(opts["multi_kernel"])}):
         under(precision, compiled, cudnn_benchmark=bench)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -5,6 +5,7 @@ import torch
 
 from engines import BackendUnavailable, build_engine, engine_name
 from engines.components import component_module, default_marks, example_inputs, module_by_mark
+from engines.tests import engine_against_eager
 from reference.autoencoder import to_uint8
 
 gpu = pytest.mark.gpu
@@ -36,9 +37,12 @@ def cpu_models():
         (dict(attention="flash3"), ValueError, r"unknown attention 'flash3'; choose from \['math', 'sdpa', 'triton'\]"),
         (dict(postprocess=True), ValueError, "postprocess folds uint8 conversion into an unmarked decoder only"),
         (dict(backend="inductor", persistent_reductions="no"), ValueError, "persistent_reductions is True or False"),
+        (dict(backend="inductor", multi_kernel=1), ValueError, "multi_kernel is True or False, not 1"),
+        (dict(multi_kernel=True), ValueError, r"unknown options \['multi_kernel'\] for backend 'eager'"),
     ],
     ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "fp16-cpu", "trt",
-         "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit", "reductions"],
+         "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit", "reductions",
+         "multi-kernel", "multi-kernel-eager"],
 )  # fmt: skip
 def test_impossible_requests_get_clear_errors(cpu_models, kwargs, error, message):
     kw = {"component": "uvit", **kwargs}
@@ -180,3 +184,14 @@ def test_engines_take_another_floating_dtype_but_not_another_shape(cpu_models):
         check_inputs(static, {"x": torch.ones(1, 4), "ids": torch.ones(1, 3)})
     with pytest.raises(ValueError, match=r"input 'x' is \(2, 4\)"):
         check_inputs(static, {"x": torch.ones(2, 4), "ids": torch.ones(1, 3, dtype=torch.long)})
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+def test_multi_kernel_inductor_is_inductor(cpu_models, device):
+    """Inductor's multi_kernel only chooses between kernels for the same reduction: every mark within fp32 rounding."""
+    import copy
+
+    models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
+    engine = engine_against_eager(models, "uvit", bound=1e-5, device=torch.device(device), backend="inductor",
+                                  multi_kernel=True)  # fmt: skip
+    assert engine.meta["multi_kernel"] is True

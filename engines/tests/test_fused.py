@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engines import build_engine, fused
-from engines.components import example_inputs
+from engines.components import component_module, example_inputs
 from engines.tests import engine_against_eager
 from plugin.tests import rerun_under_interpreter
 from reference.checkpoints import load_models
@@ -56,6 +56,14 @@ def test_triton_attention_outside_stacked_clip_is_refused(models, component, opt
 def test_epilogue_mlp_keeps_the_parameters_and_on_the_cpu_the_numbers(models):
     engine = engine_against_eager(models, "uvit", bound=1e-6, device=torch.device("cpu"), mlp="epilogue")
     assert engine.meta["mlp"] == "epilogue"
+
+
+def test_epilogue_mlp_and_fp8_linears_are_refused_together(models):
+    from engines.eager import prepare
+
+    uvit = component_module("uvit", models)  # prepare refuses before it copies or casts anything
+    with pytest.raises(ValueError, match="mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM.*choose one"):
+        prepare(uvit, precision="fp8", options={"mlp": "epilogue"}, backend="inductor")
 
 
 @pytest.mark.parametrize("option, value", [("mlp", "fused"), ("qkv", "packed")])
