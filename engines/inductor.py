@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from unittest import mock
 
 import torch
 
@@ -35,8 +37,12 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     # GroupNorms a "row" is a whole group, a million elements at 512x512, and 32 programs leave the GPU idle.
     # multi_kernel: rows of up to 16x that heuristic's 1024 elements get a persistent and a looped kernel, and the first
     # call keeps the faster; the U-ViT's LayerNorm rows of 1536 are otherwise looped.
+    # Its file of picks is off: torch 2.11 with Triton 3.6 fails to read it for a graph served by the FX graph cache
+    # (TypeError in JITFunction.cache_key), so each process times the pair again on its first call.
     reductions = {"triton.persistent_reductions": opts["persistent_reductions"]}
-    with torch._inductor.config.patch({**reductions, "triton.multi_kernel": int(opts["multi_kernel"])}):
+    no_picks_file = {"TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE": "1"} if opts["multi_kernel"] else {}
+    with torch._inductor.config.patch({**reductions, "triton.multi_kernel": int(opts["multi_kernel"])}), \
+            mock.patch.dict(os.environ, no_picks_file):  # fmt: skip
         under(precision, compiled, cudnn_benchmark=bench)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()
