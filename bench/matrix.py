@@ -14,7 +14,8 @@ AUTO = "auto"
 # The fast rung's options per component, each measured on the H100 (reports/profile-*.md): CLIP's three q/k/v GEMMs as
 # one, read in place by our short-sequence Triton attention (0.444 ms per call; 0.51 with explicit attention, 0.53 with
 # SDPA, 0.62 unstacked with SDPA); SDPA in the U-ViT (9.0 vs 28.8 ms per step), its LayerNorm rows persistent where
-# that is faster (Inductor's multi_kernel); the decoder channels_last with its GroupNorm statistics split for Inductor
+# that is faster (Inductor's multi_kernel: the fp8 step 8.32 vs 9.00 ms, session 7 A/B; on the decoder it measured
+# neutral, 6.25 vs 6.30); the decoder channels_last with its GroupNorm statistics split for Inductor
 # and the explicit mid-block attention (5.81 ms; 6.46 with session 4's statistics cells; 6.68 with SDPA, whose only
 # kernel for 512-wide heads is the memory-efficient one; 7.18 with the Triton GroupNorm).
 FAST_OPTIONS = {
