@@ -13,25 +13,25 @@ from engines.components import COMPONENTS
 AUTO = "auto"
 # The fast rung's options per component, each measured on the H100 (reports/profile-*.md): CLIP's three q/k/v GEMMs as
 # one, read in place by our short-sequence Triton attention (0.444 ms per call; 0.51 with explicit attention, 0.53 with
-# SDPA, 0.62 unstacked with SDPA); SDPA in the U-ViT (9.0 vs 28.8 ms per step), its LayerNorm rows persistent where
-# that is faster (Inductor's multi_kernel: the fp8 step 8.32 vs 9.00 ms, session 7 A/B; on the decoder it measured
-# neutral, 6.25 vs 6.30); the decoder channels_last with its GroupNorm statistics split for Inductor
-# and the explicit mid-block attention (5.81 ms; 6.46 with session 4's statistics cells; 6.68 with SDPA, whose only
-# kernel for 512-wide heads is the memory-efficient one; 7.18 with the Triton GroupNorm).
+# SDPA, 0.62 unstacked with SDPA); SDPA in the U-ViT (9.0 vs 28.8 ms per step); the decoder channels_last with its
+# GroupNorm statistics split for Inductor and the explicit mid-block attention (5.81 ms; 6.46 with session 4's
+# statistics cells; 6.68 with SDPA, whose only kernel for 512-wide heads is the memory-efficient one; 7.18 with the
+# Triton GroupNorm).
+# The U-ViT's LayerNorm rows persistent where that is faster (Inductor's multi_kernel) and, in fp16, fc1 + bias + GELU
+# as one cuBLASLt GEMM (tanh GELU). Session 7 A/B on the H100, interleaved, per step: fp16 10.04 ms, 9.60 with the
+# epilogue, 9.78 with multi_kernel, 9.31 with both (U-ViT output rel L2 against fp32 0.0044 with the epilogue, 0.0046
+# without); fp8 9.00 ms, 8.32 with multi_kernel. On the decoder multi_kernel measured neutral, 6.25 vs 6.30 ms.
 FAST_OPTIONS = {
     "clip": (("qkv", "stacked"), ("attention", "triton")),
     "uvit": (("attention", "sdpa"), ("multi_kernel", True)),
     "decoder": (("groupnorm", "split"), ("channels_last", True)),
 }
-# By precision. fp16: the U-ViT's fc1 + bias + GELU as one cuBLASLt GEMM (tanh GELU). Session 7 A/B on the H100,
-# interleaved, per step: 10.04 ms, 9.60 with the epilogue, 9.78 with multi_kernel, 9.31 with both; U-ViT output rel L2
-# against fp32 0.0044 with the epilogue, 0.0046 without.
-# fp8: block linears with a scale per token and per output channel, fast accumulation: 9.02 ms per step against 9.71
-# per tensor and 9.54 per row with exact accumulation, the same error (U-ViT output rel L2 0.288, 0.282, 0.286
-# against fp32; fp16 0.0046). Session 6 A/B on the H100, interleaved.
+# fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
+# accumulation: 9.02 ms per step against 9.71 per tensor and 9.54 per row with exact accumulation, the same error
+# (U-ViT output rel L2 0.288, 0.282, 0.286 against fp32; fp16 0.0046). Session 6 A/B on the H100, interleaved.
 PRECISION_OPTIONS = {
     ("uvit", "fp16"): (("mlp", "epilogue"),),
-    **{(c, "fp8"): (("fp8_accumulate", "fast"), ("fp8_scaling", "row")) for c in ("clip", "uvit", "decoder")},
+    ("uvit", "fp8"): (("fp8_accumulate", "fast"), ("fp8_scaling", "row")),
 }
 
 
