@@ -127,7 +127,8 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     seconds = sorted(c for c in runs if c.endswith("_s") and c not in ("build_s", "model_load_s"))
     seconds = [c for c in seconds if runs[c].notna().any()]
-    out = runs.set_index(["rung", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss"]]
+    extra = [c for c in ("python_bytecode",) if c in runs and runs[c].notna().any()]  # recorded since session 8
+    out = runs.set_index(["rung", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
     out.insert(1, "target_s", [BUILD_TARGETS.get(c, float("nan")) for _, c in out.index])
     out.insert(2, "met", (out["build_s"] <= out["target_s"]).map({True: "yes", False: "no"}))
     out.index = [f"{r}, {c} caches" for r, c in out.index]
@@ -208,9 +209,9 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> st
             "process (`python -m bench build`), first with empty Inductor/Triton caches, then on the caches that run "
             "filled. `build_s` is all engines, model construction excluded; the per-engine columns say where it went "
             "(a sampler's `step_*` is its U-ViT step). fxgraph hits and misses: the compiled graphs served from the "
-            "cache, and compiled anew.\n\n"
-            + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f")
-            + "\n"
+            "cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
+            "cache folder: a fresh run compiles torch's sources, a warm one reads them; bench/build.py, "
+            "`process_env`).\n\n" + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f") + "\n"
         )
     sampled = clocks(df)
     if len(sampled):

@@ -9,12 +9,14 @@ import sys
 
 import pytest
 
+from bench.build import PYCACHE, process_env
+
 CPU_CLIP = ["--backend", "inductor", "--precision", "fp32", "--components", "clip", "--device", "cpu"]
 
 
 def build(cache, out, what=CPU_CLIP) -> dict:
     cmd = [sys.executable, "-m", "bench", "build", *what, "--size", "tiny", "--cache-dir", str(cache), "--json", out]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=process_env(cache))
     if done.returncode:
         print(done.stderr[-3000:])  # pytest shows it with the failure
         raise subprocess.CalledProcessError(done.returncode, cmd, done.stdout, done.stderr)
@@ -29,6 +31,9 @@ def test_a_second_process_compiles_from_the_cache_the_first_filled(tmp_path):
     assert fresh["cache"]["fxgraph_cache_miss"] >= 1 and fresh["cache"]["fxgraph_cache_hit"] == 0
     assert fresh["engines"]["clip"]["engine"] == "clip/inductor/fp32" and fresh["engines"]["clip"]["compile_s"] > 0
     assert (cache / "fxgraph").is_dir()
+    # Python's bytecode is cached with the graphs, whatever PYTHONDONTWRITEBYTECODE says here (the H100's sets it)
+    assert fresh["python_bytecode"] == "cache folder"
+    assert any((cache / PYCACHE).rglob("convert_frame*.pyc")), "torch._dynamo's bytecode was not written"
     warm = build(cache, tmp_path / "warm.json")
     assert warm["cache"]["fxgraph_cache_hit"] >= 1 and warm["cache"]["fxgraph_cache_miss"] == 0
     with pytest.raises(subprocess.CalledProcessError):  # the result file is the user's: never overwritten unasked
