@@ -93,9 +93,8 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     return module, opts
 
 
-EXTRA = {
-    "eager": {}, "autocast": {}, "inductor": {"mode": "default", "persistent_reductions": True, "multi_kernel": False}
-}  # fmt: skip
+INDUCTOR = {"mode": "default", "persistent_reductions": True, "multi_kernel": False, "persistent_rows": 0}
+EXTRA = {"eager": {}, "autocast": {}, "inductor": INDUCTOR}
 
 
 @register_engine("eager")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from unittest import mock
 
 import torch
 
-from engines import register_engine
+from engines import BackendUnavailable, register_engine
 from engines.eager import prepare
 from engines.runtime import finish, under
 
@@ -24,6 +25,11 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     for name in ("persistent_reductions", "multi_kernel"):
         if not isinstance(opts[name], bool):
             raise ValueError(f"{name} is True or False, not {opts[name]!r}")
+    rows = opts["persistent_rows"]
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"persistent_rows is a row length (0: Inductor's own choice), not {rows!r}")
+    if rows and not opts["persistent_reductions"]:
+        raise ValueError("persistent_rows makes rows persistent, and persistent_reductions=False forbids it")
     # Every engine compiles the same forward code object with its own guards; without room for them, dynamo would
     # silently fall back to eager after 8 engines.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -39,10 +45,22 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     # call keeps the faster; the U-ViT's LayerNorm rows of 1536 are otherwise looped.
     # Its file of picks is off: torch 2.11 with Triton 3.6 fails to read it for a graph served by the FX graph cache
     # (TypeError in JITFunction.cache_key), so each process times the pair again on its first call.
+    # persistent_rows: rows of up to that many elements persistent, chosen at compile time (engines.reductions).
     reductions = {"triton.persistent_reductions": opts["persistent_reductions"]}
     no_picks_file = {"TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE": "1"} if opts["multi_kernel"] else {}
+    rows_choice = contextlib.nullcontext()
+    if rows:
+        if not hasattr(torch._inductor.config, "inductor_choices_class"):
+            raise BackendUnavailable(f"persistent_rows needs torch._inductor.config.inductor_choices_class, which "
+                                     f"torch {torch.__version__} does not have")  # fmt: skip
+        from torch._inductor.virtualized import V
+
+        from engines.reductions import choices
+
+        reductions["inductor_choices_class"] = choices(rows)  # in the FX graph cache's key
+        rows_choice = V.set_choices_handler(choices(rows)())  # the handler is made once per thread, hence set here
     with torch._inductor.config.patch({**reductions, "triton.multi_kernel": int(opts["multi_kernel"])}), \
-            mock.patch.dict(os.environ, no_picks_file):  # fmt: skip
+            mock.patch.dict(os.environ, no_picks_file), rows_choice:  # fmt: skip
         under(precision, compiled, cudnn_benchmark=bench)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()

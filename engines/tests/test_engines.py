@@ -39,10 +39,13 @@ def cpu_models():
         (dict(backend="inductor", persistent_reductions="no"), ValueError, "persistent_reductions is True or False"),
         (dict(backend="inductor", multi_kernel=1), ValueError, "multi_kernel is True or False, not 1"),
         (dict(multi_kernel=True), ValueError, r"unknown options \['multi_kernel'\] for backend 'eager'"),
+        (dict(backend="inductor", persistent_rows=True), ValueError, "persistent_rows is a row length .*, not True"),
+        (dict(backend="inductor", persistent_rows=2048, persistent_reductions=False), ValueError,
+         "persistent_reductions=False forbids it"),
     ],
     ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "fp16-cpu", "trt",
          "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit", "reductions",
-         "multi-kernel", "multi-kernel-eager"],
+         "multi-kernel", "multi-kernel-eager", "persistent-rows", "persistent-rows-forbidden"],
 )  # fmt: skip
 def test_impossible_requests_get_clear_errors(cpu_models, kwargs, error, message):
     kw = {"component": "uvit", **kwargs}
@@ -196,3 +199,37 @@ def test_multi_kernel_inductor_is_inductor(cpu_models, device):
     engine = engine_against_eager(models, "uvit", bound=1e-5, device=torch.device(device), backend="inductor",
                                   multi_kernel=True)  # fmt: skip
     assert engine.meta["multi_kernel"] is True
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+def test_persistent_rows_inductor_is_inductor(cpu_models, device):
+    """persistent_rows only chooses how a reduction's row is read: every mark within fp32 rounding. The CPU's C++
+    kernels make no such choice; there the option must still reach the build (and the FX graph cache's key)."""
+    import copy
+
+    models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
+    engine = engine_against_eager(models, "uvit", bound=1e-5, device=torch.device(device), backend="inductor",
+                                  persistent_rows=2048)  # fmt: skip
+    assert engine.meta["persistent_rows"] == 2048
+
+
+@gpu
+@pytest.mark.parametrize("rows, kernel", [(0, "triton_red_"), (2048, "triton_per_")])
+def test_persistent_rows_reads_layernorm_rows_of_1536_whole(rows, kernel):
+    """Inductor loops over rows of more than 1024 elements; persistent_rows=2048 makes the U-ViT's 1536 one read."""
+    import dataclasses
+
+    from torch._inductor.utils import fresh_cache, run_and_get_code
+
+    from reference.checkpoints import load_models
+    from reference.configs import ModelConfig
+
+    tiny = ModelConfig.from_name("tiny")
+    wide = dataclasses.replace(tiny, uvit=dataclasses.replace(tiny.uvit, embed_dim=1536, num_heads=24, depth=2))
+    models = load_models(wide, seed=0).to("cuda")
+    with fresh_cache():  # the code of a graph served by the cache would not be shown
+        engine, code = run_and_get_code(build_engine, "uvit", models, backend="inductor", precision="fp16",
+                                        persistent_rows=rows)  # fmt: skip
+    kernels = [line for src in code for line in src.splitlines() if line.startswith("def triton_")]
+    norms = [line for line in kernels if "layer_norm" in line]
+    assert norms and all(line.startswith(f"def {kernel}") for line in norms), norms
