@@ -17,21 +17,25 @@ AUTO = "auto"
 # GroupNorm statistics split for Inductor and the explicit mid-block attention (5.81 ms; 6.46 with session 4's
 # statistics cells; 6.68 with SDPA, whose only kernel for 512-wide heads is the memory-efficient one; 7.18 with the
 # Triton GroupNorm).
-# The U-ViT's LayerNorm rows persistent where that is faster (Inductor's multi_kernel) and, in fp16, fc1 + bias + GELU
-# as one cuBLASLt GEMM (tanh GELU). Session 7 A/B on the H100, interleaved, per step: fp16 10.04 ms, 9.60 with the
-# epilogue, 9.78 with multi_kernel, 9.31 with both (U-ViT output rel L2 against fp32 0.0044 with the epilogue, 0.0046
-# without); fp8 9.00 ms, 8.32 with multi_kernel. On the decoder multi_kernel measured neutral, 6.25 vs 6.30 ms.
+# The U-ViT's LayerNorm rows of 1536 read whole (persistent) and, in fp16, fc1 + bias + GELU as one cuBLASLt GEMM (tanh
+# GELU). Session 7 A/B on the H100, interleaved, per step: fp16 10.04 ms, 9.60 with the epilogue, 9.78 with Inductor's
+# multi_kernel (which compiles the persistent and the looped kernel and times them on each process's first call),
+# 9.31 with both (U-ViT output rel L2 against fp32 0.0044 with the epilogue, 0.0046 without). Session 8, with the
+# epilogue: multi_kernel 9.50, persistent_rows=2048 9.34 (the choice made at compile time: engines.reductions), neither
+# 9.66; compile 26.7 s, 16.1 and 17.3. fp8: multi_kernel 8.32, persistent_rows=2048 8.71, neither 9.00 (multi_kernel
+# also makes fc1's GELU + row maximum over rows of 6144 persistent). On the decoder multi_kernel measured neutral,
+# 6.25 vs 6.30 ms.
 FAST_OPTIONS = {
     "clip": (("qkv", "stacked"), ("attention", "triton")),
-    "uvit": (("attention", "sdpa"), ("multi_kernel", True)),
+    "uvit": (("attention", "sdpa"),),
     "decoder": (("groupnorm", "split"), ("channels_last", True)),
 }
 # fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
 # accumulation: 9.02 ms per step against 9.71 per tensor and 9.54 per row with exact accumulation, the same error
 # (U-ViT output rel L2 0.288, 0.282, 0.286 against fp32; fp16 0.0046). Session 6 A/B on the H100, interleaved.
 PRECISION_OPTIONS = {
-    ("uvit", "fp16"): (("mlp", "epilogue"),),
-    ("uvit", "fp8"): (("fp8_accumulate", "fast"), ("fp8_scaling", "row")),
+    ("uvit", "fp16"): (("mlp", "epilogue"), ("persistent_rows", 2048)),
+    ("uvit", "fp8"): (("multi_kernel", True), ("fp8_accumulate", "fast"), ("fp8_scaling", "row")),
 }
 
 

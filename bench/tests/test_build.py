@@ -43,11 +43,11 @@ def test_a_second_process_compiles_from_the_cache_the_first_filled(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_the_fast_rung_builds_again_from_its_cache(tmp_path):
-    """The fast rung's U-ViT has Inductor multi_kernel reductions, whose module, served by the FX graph cache, failed
-    to load on torch 2.11 until engines.inductor turned their file of picks off."""
+    """The fast rung's U-ViT is compiled with our choice of persistent reductions (engines.reductions), which must be
+    part of the FX graph cache's key for the second process to be served."""
     cache, rung = tmp_path / "cache", ["--rung", "fast", "--device", "cuda"]
     fresh = build(cache, tmp_path / "fresh.json", rung)
     assert fresh["cache"]["fxgraph_cache_miss"] >= 3
     warm = build(cache, tmp_path / "warm.json", rung)
     assert warm["cache"]["fxgraph_cache_hit"] >= 3 and warm["cache"]["fxgraph_cache_miss"] == 0
-    assert "multi_kernel=True" in warm["engines"]["sampler"]["engine"]
+    assert "persistent_rows=2048" in warm["engines"]["sampler"]["engine"]
