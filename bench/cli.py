@@ -171,13 +171,14 @@ def build_times(*, out: Path | None = None, overwrite: bool = False, **kwargs) -
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:
-    """["attention=sdpa", "channels_last=true"] -> {"attention": "sdpa", "channels_last": True}."""
+    """["attention=sdpa", "channels_last=true", "persistent_rows=2048"] -> {"attention": "sdpa", "channels_last": True,
+    "persistent_rows": 2048}: the values engines take as they would come from Python."""
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"engine option {pair!r} is not KEY=VALUE")
-        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+        out[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
     return out
 
 

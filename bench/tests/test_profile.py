@@ -82,6 +82,7 @@ def test_copy_bandwidth_is_a_memory_bandwidth():
 
 def test_engine_options_parse_from_the_command_line():
     assert parse_options(["attention=sdpa", "channels_last=true"]) == {"attention": "sdpa", "channels_last": True}
+    assert parse_options(["persistent_rows=2048", "mode=default"]) == {"persistent_rows": 2048, "mode": "default"}
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         parse_options(["attention"])
 
