@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from unittest import mock
@@ -36,31 +35,36 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     # Marks are forward hooks; by default dynamo does not guard on hooks, so an engine with marks could reuse the
     # graph of an engine without them (seen: a marked CLIP returned no marks).
     torch._dynamo.config.skip_nnmodule_hook_guards = False
-    compiled = torch.compile(module, mode=opts["mode"], dynamic=False)
-    t0 = time.perf_counter()
-    bench = opts["cudnn_benchmark"]
-    # Inductor makes a reduction persistent (one program per row) when a row fits its heuristic; for the decoder's
-    # GroupNorms a "row" is a whole group, a million elements at 512x512, and 32 programs leave the GPU idle.
-    # multi_kernel: rows of up to 16x that heuristic's 1024 elements get a persistent and a looped kernel, and the first
-    # call keeps the faster; the U-ViT's LayerNorm rows of 1536 are otherwise looped.
-    # Its file of picks is off: torch 2.11 with Triton 3.6 fails to read it for a graph served by the FX graph cache
-    # (TypeError in JITFunction.cache_key), so each process times the pair again on its first call.
-    # persistent_rows: rows of up to that many elements persistent, chosen at compile time (engines.reductions).
-    reductions = {"triton.persistent_reductions": opts["persistent_reductions"]}
-    no_picks_file = {"TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE": "1"} if opts["multi_kernel"] else {}
-    rows_choice = contextlib.nullcontext()
+    # Inductor's settings go in torch.compile's options, never in a config patch around the call: dynamo reuses a graph
+    # compiled for an equal module under equal options, so an engine whose settings lived only in a patch was served
+    # the graph of the engine built before it (seen: persistent_rows=2048 after 0 compiled nothing).
+    # persistent_reductions: Inductor makes a reduction persistent (one program per row) when a row fits its
+    # heuristic; for the decoder's GroupNorms a "row" is a whole group, a million elements at 512x512, and 32 programs
+    # leave the GPU idle. multi_kernel: rows of up to 16x that heuristic's 1024 elements get a persistent and a looped
+    # kernel, and the first call keeps the faster. Its file of picks is off: torch 2.11 with Triton 3.6 fails to read
+    # it for a graph served by the FX graph cache (TypeError in JITFunction.cache_key), so each process times the pair
+    # again on its first call. persistent_rows: the choice made when compiling (engines.reductions).
+    from torch._inductor import config as inductor_config
+    from torch._inductor import list_mode_options
+
+    settings = {
+        **list_mode_options(opts["mode"]),
+        "triton.persistent_reductions": opts["persistent_reductions"],
+        "triton.multi_kernel": int(opts["multi_kernel"]),
+    }
     if rows:
-        if not hasattr(torch._inductor.config, "inductor_choices_class"):
+        if not hasattr(inductor_config, "inductor_choices_class"):
             raise BackendUnavailable(f"persistent_rows needs torch._inductor.config.inductor_choices_class, which "
                                      f"torch {torch.__version__} does not have")  # fmt: skip
-        from torch._inductor.virtualized import V
+        from engines import reductions
 
-        from engines.reductions import choices
-
-        reductions["inductor_choices_class"] = choices(rows)  # in the FX graph cache's key
-        rows_choice = V.set_choices_handler(choices(rows)())  # the handler is made once per thread, hence set here
-    with torch._inductor.config.patch({**reductions, "triton.multi_kernel": int(opts["multi_kernel"])}), \
-            mock.patch.dict(os.environ, no_picks_file), rows_choice:  # fmt: skip
+        settings["inductor_choices_class"] = reductions.Rows(rows)
+        reductions.install()
+    compiled = torch.compile(module, backend="inductor", options=settings, dynamic=False)
+    t0 = time.perf_counter()
+    bench = opts["cudnn_benchmark"]
+    no_picks_file = {"TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE": "1"} if opts["multi_kernel"] else {}
+    with mock.patch.dict(os.environ, no_picks_file):
         under(precision, compiled, cudnn_benchmark=bench)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()

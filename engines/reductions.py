@@ -2,43 +2,69 @@
 
 Inductor makes a reduction persistent (a whole row per program, read once) when its rows hold up to 1024 elements, and
 loops over longer rows in chunks. The U-ViT's LayerNorm rows hold 1536. Its `multi_kernel` option compiles both kernels
-for such rows and times them on the first call of every process; `PersistentRows` makes the choice at compile time
+for such rows and times them on the first call of every process; `persistent_rows` makes the choice at compile time
 instead, so a process that loads the compiled graph from the cache loads one kernel per reduction and times nothing.
 
+An engine passes `Rows(limit)` as torch.compile's `inductor_choices_class` option, which puts it in the FX graph
+cache's key and in dynamo's comparison of backends. Inductor, though, makes each thread's choices object once, from
+the config of the thread's first compile; `install` replaces it by a `PersistentRows` that reads the limit from the
+config of the compile at hand, and acts as Inductor's own choices where there is none.
 Imported only by an engine that asks for it (importing InductorChoices loads much of Inductor).
 """
 
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 
+from torch._inductor import config
 from torch._inductor.choices import InductorChoices
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The factory `inductor_choices_class` takes: equal by limit, so equal engines share dynamo's graphs."""
+
+    limit: int
+
+    def __call__(self) -> PersistentRows:
+        return PersistentRows(self.limit)
+
+
 class PersistentRows(InductorChoices):
-    def __init__(self, limit: int):
+    def __init__(self, limit: int | None = None):  # None: the limit of the config's Rows, if any
         super().__init__()
         self.limit = limit
 
-    def should_use_persistent_reduction(self, features, cooperative_reduction: bool) -> bool:
-        from torch._inductor import config
+    def row_limit(self) -> int:
+        if self.limit is not None:
+            return self.limit
+        factory = config.inductor_choices_class
+        return factory.limit if isinstance(factory, Rows) else 0
 
+    def should_use_persistent_reduction(self, features, cooperative_reduction: bool) -> bool:
+        limit = self.row_limit()
         if (
-            config.triton.persistent_reductions
+            limit
+            and config.triton.persistent_reductions
             and not cooperative_reduction
             and features.get_reduction_hint() == ReductionHint.INNER
-            and V.graph.sizevars.statically_known_leq(features.reduction_numel, self.limit)
+            and V.graph.sizevars.statically_known_leq(features.reduction_numel, limit)
         ):
             return True
         return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
 
-    def uuid(self) -> str:  # torch's FX graph cache keys compiled graphs by it (torch._inductor.config)
-        return f"unidiffuser-bench PersistentRows(limit={self.limit})"
+    def uuid(self) -> str:  # torch 2.13 keys compiled graphs by it; older versions pickle the Rows
+        return f"unidiffuser-bench PersistentRows(limit={self.row_limit()})"
 
 
-def choices(limit: int) -> functools.partial:
-    """The factory `torch._inductor.config.inductor_choices_class` takes; a partial of a module-level class, so
-    that torch versions that key the cache by pickling the factory see the limit too."""
-    return functools.partial(PersistentRows, limit)
+def install() -> None:
+    """Make this thread's Inductor choices a config-following PersistentRows, unless they already are; refuses to
+    replace choices someone else installed."""
+    current = V.choices
+    if type(current) is PersistentRows and current.limit is None:
+        return
+    if type(current) is not InductorChoices:
+        raise ValueError(f"persistent_rows would replace this thread's Inductor choices, {type(current).__name__}")
+    V.set_choices_handler(PersistentRows())  # kept: the next compile in this thread may ask for rows again

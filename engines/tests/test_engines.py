@@ -233,3 +233,20 @@ def test_persistent_rows_reads_layernorm_rows_of_1536_whole(rows, kernel):
     kernels = [line for src in code for line in src.splitlines() if line.startswith("def triton_")]
     norms = [line for line in kernels if "layer_norm" in line]
     assert norms and all(line.startswith(f"def {kernel}") for line in norms), norms
+
+
+def test_engines_that_differ_in_inductor_settings_alone_compile_apart(cpu_models):
+    """dynamo reuses a graph for an equal module under equal torch.compile options: settings must be in the options,
+    or an engine gets the graph of the one built before it. And the FX graph cache must key by them: the second
+    engine misses it, and the same settings after a reset hit it."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
+
+    with fresh_cache():
+        counters.clear()
+        for rows in (0, 2048):
+            build_engine("uvit", cpu_models, backend="inductor", persistent_rows=rows)
+        assert counters["inductor"]["fxgraph_cache_miss"] == 2
+        torch._dynamo.reset()
+        build_engine("uvit", cpu_models, backend="inductor", persistent_rows=2048)
+        assert (counters["inductor"]["fxgraph_cache_miss"], counters["inductor"]["fxgraph_cache_hit"]) == (2, 1)
