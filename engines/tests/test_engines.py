@@ -242,6 +242,7 @@ def test_engines_that_differ_in_inductor_settings_alone_compile_apart(cpu_models
     from torch._dynamo.utils import counters
     from torch._inductor.utils import fresh_cache
 
+    torch._dynamo.reset()  # no graph of an earlier test
     with fresh_cache():
         counters.clear()
         for rows in (0, 2048):
