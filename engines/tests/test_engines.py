@@ -189,12 +189,23 @@ def test_engines_take_another_floating_dtype_but_not_another_shape(cpu_models):
         check_inputs(static, {"x": torch.ones(2, 4), "ids": torch.ones(1, 3, dtype=torch.long)})
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+# Seen on the H100 (torch 2.11, Triton 3.6) once the option reached the compile (engines.inductor passes it in
+# torch.compile's options; before, this engine was served the graph of a plain one): the tiny U-ViT fails to compile,
+# TypeError "'NoneType' object does not support the context manager protocol" from a Triton JITFunction, the error of
+# README "Known problems". The full-size fast-fp8 U-ViT compiles with it. Any other failure still fails the test.
+MULTI_KERNEL_BUG = pytest.mark.xfail(
+    raises=torch._dynamo.exc.BackendCompilerFailed, strict=False,
+    reason="Inductor multi_kernel, torch 2.11 / Triton 3.6: JITFunction without its hash lock (README Known problems)",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, MULTI_KERNEL_BUG])])
 def test_multi_kernel_inductor_is_inductor(cpu_models, device):
     """Inductor's multi_kernel only chooses between kernels for the same reduction: every mark within fp32 rounding.
     On the CPU Inductor has no such pairs; there the option must still reach the build and change nothing."""
     import copy
 
+    torch._dynamo.reset()  # no graph of an earlier test
     models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
     engine = engine_against_eager(models, "uvit", bound=1e-5, device=torch.device(device), backend="inductor",
                                   multi_kernel=True)  # fmt: skip
