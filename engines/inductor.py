@@ -35,9 +35,9 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     # Marks are forward hooks; by default dynamo does not guard on hooks, so an engine with marks could reuse the
     # graph of an engine without them (seen: a marked CLIP returned no marks).
     torch._dynamo.config.skip_nnmodule_hook_guards = False
-    # Inductor's settings go in torch.compile's options, never in a config patch around the call: dynamo reuses a graph
-    # compiled for an equal module under equal options, so an engine whose settings lived only in a patch was served
-    # the graph of the engine built before it (seen: persistent_rows=2048 after 0 compiled nothing).
+    # Inductor's settings go in torch.compile's options, not only in a config patch around the call: dynamo reuses a
+    # graph compiled for an equal module under equal options, so an engine whose settings lived only in a patch was
+    # served the graph of the engine built before it (seen: persistent_rows=2048 after 0 compiled nothing).
     # persistent_reductions: Inductor makes a reduction persistent (one program per row) when a row fits its
     # heuristic; for the decoder's GroupNorms a "row" is a whole group, a million elements at 512x512, and 32 programs
     # leave the GPU idle. multi_kernel: rows of up to 16x that heuristic's 1024 elements get a persistent and a looped

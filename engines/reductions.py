@@ -29,17 +29,14 @@ class Rows:
     limit: int
 
     def __call__(self) -> PersistentRows:
-        return PersistentRows(self.limit)
+        return PersistentRows()
 
 
 class PersistentRows(InductorChoices):
-    def __init__(self, limit: int | None = None):  # None: the limit of the config's Rows, if any
-        super().__init__()
-        self.limit = limit
+    """Inductor's own choices, but INNER reductions over rows of up to the config's `Rows.limit` elements persistent."""
 
-    def row_limit(self) -> int:
-        if self.limit is not None:
-            return self.limit
+    @staticmethod
+    def row_limit() -> int:
         factory = config.inductor_choices_class
         return factory.limit if isinstance(factory, Rows) else 0
 
@@ -60,10 +57,10 @@ class PersistentRows(InductorChoices):
 
 
 def install() -> None:
-    """Make this thread's Inductor choices a config-following PersistentRows, unless they already are; refuses to
-    replace choices someone else installed."""
+    """Make this thread's Inductor choices a PersistentRows, unless they already are; refuses to replace choices
+    someone else installed."""
     current = V.choices
-    if type(current) is PersistentRows and current.limit is None:
+    if type(current) is PersistentRows:
         return
     if type(current) is not InductorChoices:
         raise ValueError(f"persistent_rows would replace this thread's Inductor choices, {type(current).__name__}")

@@ -199,29 +199,22 @@ MULTI_KERNEL_BUG = pytest.mark.xfail(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, MULTI_KERNEL_BUG])])
-def test_multi_kernel_inductor_is_inductor(cpu_models, device):
-    """Inductor's multi_kernel only chooses between kernels for the same reduction: every mark within fp32 rounding.
-    On the CPU Inductor has no such pairs; there the option must still reach the build and change nothing."""
+@pytest.mark.parametrize(
+    "option, value, device",
+    [("multi_kernel", True, "cpu"), pytest.param("multi_kernel", True, "cuda", marks=[gpu, MULTI_KERNEL_BUG]),
+     ("persistent_rows", 2048, "cpu"), pytest.param("persistent_rows", 2048, "cuda", marks=gpu)],
+)  # fmt: skip
+def test_reduction_options_are_inductor(cpu_models, option, value, device):
+    """multi_kernel and persistent_rows only choose how a reduction's row is read: every mark within fp32 rounding.
+    The CPU's C++ kernels make no such choice; there the option must still reach the build (and the FX graph cache's
+    key) and change nothing."""
     import copy
 
     torch._dynamo.reset()  # no graph of an earlier test
     models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
     engine = engine_against_eager(models, "uvit", bound=1e-5, device=torch.device(device), backend="inductor",
-                                  multi_kernel=True)  # fmt: skip
-    assert engine.meta["multi_kernel"] is True
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
-def test_persistent_rows_inductor_is_inductor(cpu_models, device):
-    """persistent_rows only chooses how a reduction's row is read: every mark within fp32 rounding. The CPU's C++
-    kernels make no such choice; there the option must still reach the build (and the FX graph cache's key)."""
-    import copy
-
-    models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
-    engine = engine_against_eager(models, "uvit", bound=1e-5, device=torch.device(device), backend="inductor",
-                                  persistent_rows=2048)  # fmt: skip
-    assert engine.meta["persistent_rows"] == 2048
+                                  **{option: value})  # fmt: skip
+    assert engine.meta[option] == value
 
 
 @gpu
