@@ -39,22 +39,24 @@ EXPORTABLE = ("math", "sdpa")  # what an ONNX export (onnxruntime, TensorRT) can
 
 def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTION) -> nn.Module:
     """`math`: the reference's explicit softmax(QK^T)V; `sdpa`: torch's scaled_dot_product_attention, which picks a
-    fused kernel (flash, memory-efficient, cuDNN) by shape and dtype; `triton`: CLIP only, our short-sequence kernel
-    (plugin.attention) reading the stacked q/k/v projection (qkv=stacked) in place. `kinds`: those a backend can run
-    (an exported graph cannot carry our Triton kernel)."""
+    fused kernel (flash, memory-efficient, cuDNN) by shape and dtype; `triton`: our kernels (plugin.attention) reading
+    the stacked q/k/v projection in place: CLIP's short-sequence one (with qkv=stacked) and the U-ViT's flash
+    attention; the decoder has none. `kinds`: those a backend can run (an exported graph cannot carry our kernels)."""
     if kind not in kinds:
         raise ValueError(f"unknown attention {kind!r}; choose from {list(kinds)}")
     from transformers import CLIPTextModel
     from transformers.models.clip.modeling_clip import CLIPAttention
 
-    from engines.fused import StackedQKVAttention
+    from engines.fused import FlashAttention, StackedQKVAttention
     from reference import uvit as uv
 
     for m in module.modules():
-        if isinstance(m, (uv.Attention, ae.AttnBlock)):
+        if isinstance(m, uv.Attention):
+            m.__class__ = FlashAttention if kind == "triton" else uv.Attention
+            m.sdpa = kind == "sdpa"
+        elif isinstance(m, ae.AttnBlock):
             if kind == "triton":
-                raise ValueError("attention=triton is CLIP's short-sequence kernel; the U-ViT and the decoder take "
-                                 "math or sdpa")  # fmt: skip
+                raise ValueError("attention=triton has kernels for CLIP and the U-ViT; the decoder takes math or sdpa")
             m.sdpa = kind == "sdpa"
         elif isinstance(m, CLIPTextModel):  # triton takes the causal mask as eager builds it: additive, 4-d
             m.config._attn_implementation = "sdpa" if kind == "sdpa" else "eager"

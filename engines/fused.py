@@ -29,6 +29,18 @@ class EpilogueMlp(uv.Mlp):
         return self.fc2(h.view(*lead, -1))
 
 
+class FlashAttention(uv.Attention):
+    """The U-ViT's attention with its q/k/v projection read in place by our Triton kernel (`attention=triton`,
+    plugin.attention.flash_attention): no copy into heads or back, scores and softmax in fp32."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+        from plugin.attention import flash_attention
+
+        B, L, C = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads)
+        return self.proj(flash_attention(qkv, self.scale))
+
+
 class SplitGroupNorm(ae.GroupNorm):
     """The reference GroupNorm with its statistics reduced in two stages, in plain torch ops.
 

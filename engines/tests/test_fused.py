@@ -40,13 +40,30 @@ def test_triton_attention_is_clip_attention(models, kernel_device):
     assert engine.meta["attention"] == "triton"
 
 
+def test_triton_attention_is_uvit_attention(models, kernel_device):
+    """plugin.attention.flash_attention in every U-ViT block: every mark of the fp32 U-ViT within fp32 rounding."""
+    dev = torch.device(kernel_device)
+    on = models if dev.type == "cpu" else load_models(ModelConfig.from_name("tiny"), seed=0).to(dev)
+    engine = engine_against_eager(on, "uvit", bound=1e-5, device=dev, attention="triton")
+    assert engine.meta["attention"] == "triton"
+    module = component_module("uvit", models)
+    from engines.eager import set_attention
+
+    swapped = set_attention(copy.deepcopy(module), "triton")
+    from reference import uvit as uv
+
+    blocks = sum(type(m) is uv.Attention for m in module.modules())
+    assert blocks and sum(type(m) is fused.FlashAttention for m in swapped.modules()) == blocks
+    assert sum(p.numel() for p in swapped.parameters()) == sum(p.numel() for p in module.parameters())
+
+
 def test_triton_attention_through_the_interpreter():
-    rerun_under_interpreter(__file__, "triton_attention_is_clip_attention")
+    rerun_under_interpreter(__file__, "triton_attention_is_clip_attention or triton_attention_is_uvit_attention")
 
 
 @pytest.mark.parametrize(
     "component, options, problem",
-    [("clip", {}, "add qkv=stacked"), ("uvit", {"qkv": "stacked"}, "the U-ViT and the decoder take math or sdpa")],
+    [("clip", {}, "add qkv=stacked"), ("decoder", {}, "the decoder takes math or sdpa")],
 )
 def test_triton_attention_outside_stacked_clip_is_refused(models, component, options, problem):
     with pytest.raises(ValueError, match=problem):
@@ -77,6 +94,7 @@ def test_unknown_fusions_are_named(models, option, value):
     "component, option",
     [
         ("uvit", {"mlp": "epilogue"}),
+        ("uvit", {"attention": "triton"}),
         ("clip", {"qkv": "stacked"}),
         ("clip", {"qkv": "stacked", "attention": "triton"}),
         ("decoder", {"groupnorm": "split"}),

@@ -48,8 +48,33 @@ def test_matches_fp64_attention(kernel_device, shape, dtype, mask):
     assert rel < TOL[dtype], rel
 
 
+# (B, L, H, D): the U-ViT's length (18 query and key blocks, the last of 17), whole blocks only, one partial block,
+# the largest head
+FLASH_SHAPES = [(2, 1105, 1, 64), (1, 128, 2, 32), (2, 5, 3, 16), (1, 77, 2, 128)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("shape", FLASH_SHAPES, ids=["x".join(map(str, s)) for s in FLASH_SHAPES])
+def test_flash_matches_fp64_attention(kernel_device, shape, dtype):
+    """Read from a longer buffer whose tokens past L are NaN: a key or value past the end must not be read."""
+    from plugin.attention import flash_attention
+
+    if INTERPRETING and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter multiplies bf16 tiles wrongly (numpy has no bf16); bf16 runs on the GPU")
+    B, L, H, D = shape
+    g = torch.Generator().manual_seed(L * 1000 + H)
+    buffer = torch.full((B, L + 7, 3 * H * D), float("nan"))
+    buffer[:, :L] = torch.randn(B, L, 3 * H * D, generator=g) * 2
+    qkv = buffer.to(kernel_device, dtype).view(B, L + 7, 3, H, D)[:, :L]
+    got = flash_attention(qkv, D**-0.5)
+    want = reference(qkv.cpu(), None, D**-0.5)
+    assert got.shape == (B, L, H * D) and got.dtype == dtype
+    rel = ((got.cpu().double() - want).norm() / want.norm()).item()
+    assert rel < TOL[dtype], rel
+
+
 def test_bad_inputs_are_named(kernel_device):
-    from plugin.attention import short_attention
+    from plugin.attention import flash_attention, short_attention
 
     ok = torch.zeros(1, 8, 3, 2, 16, device=kernel_device)
     with pytest.raises(ValueError, match=r"expects stacked q/k/v of shape \(B, L, 3, H, D\)"):
@@ -60,6 +85,10 @@ def test_bad_inputs_are_named(kernel_device):
         short_attention(torch.zeros(1, 8, 3, 2, 24, device=kernel_device), None, 1.0)
     with pytest.raises(ValueError, match=r"attention mask must be \(B or 1, 1, 8, 8\)"):
         short_attention(ok, torch.zeros(1, 8, 8, device=kernel_device), 1.0)
+    with pytest.raises(ValueError, match="flash_attention needs a head size .* at most 128, got 256"):
+        flash_attention(torch.zeros(1, 8, 3, 1, 256, device=kernel_device), 1.0)
+    with pytest.raises(ValueError, match="flash_attention needs the head dimension contiguous"):
+        flash_attention(torch.zeros(1, 8, 3, 16, 2, device=kernel_device).transpose(-1, -2), 1.0)
 
 
 def test_a_fully_masked_key_gets_no_weight(kernel_device):
@@ -76,28 +105,33 @@ def test_a_fully_masked_key_gets_no_weight(kernel_device):
 
 
 @pytest.mark.gpu
-def test_works_inside_torch_compile_and_cuda_graphs():
-    from plugin.attention import short_attention
+@pytest.mark.parametrize("kernel", ["short", "flash"])
+def test_works_inside_torch_compile_and_cuda_graphs(kernel):
+    from plugin.attention import flash_attention, short_attention
 
     if INTERPRETING:
         pytest.skip("compile and graphs need the GPU kernels, not the interpreter")
-    qkv = torch.randn(1, 77, 3, 12, 64, device="cuda", dtype=torch.float16)
-    mask = causal(77, torch.float16, 1).cuda()
-    expect = short_attention(qkv, mask, 0.125)
-    compiled = torch.compile(lambda t: short_attention(t, mask, 0.125), fullgraph=True)
-    torch.testing.assert_close(compiled(qkv), expect)
+    if kernel == "short":
+        qkv = torch.randn(1, 77, 3, 12, 64, device="cuda", dtype=torch.float16)
+        mask = causal(77, torch.float16, 1).cuda()
+        op = lambda t: short_attention(t, mask, 0.125)  # noqa: E731
+    else:
+        qkv = torch.randn(2, 1105, 3, 24, 64, device="cuda", dtype=torch.float16)
+        op = lambda t: flash_attention(t, 0.125)  # noqa: E731
+    expect = op(qkv)
+    torch.testing.assert_close(torch.compile(op, fullgraph=True)(qkv), expect)
     static = qkv.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        short_attention(static, mask, 0.125)
+        op(static)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = short_attention(static, mask, 0.125)
+        out = op(static)
     static.copy_(qkv * -1)
     graph.replay()
-    torch.testing.assert_close(out, short_attention(qkv * -1, mask, 0.125))
+    torch.testing.assert_close(out, op(qkv * -1))
 
 
 def test_kernels_through_the_interpreter():
