@@ -13,10 +13,10 @@ from engines.components import COMPONENTS
 AUTO = "auto"
 # The fast rung's options per component, each measured on the H100 (reports/profile-*.md): CLIP's three q/k/v GEMMs as
 # one, read in place by our short-sequence Triton attention (0.444 ms per call; 0.51 with explicit attention, 0.53 with
-# SDPA, 0.62 unstacked with SDPA); SDPA in the U-ViT (9.0 vs 28.8 ms per step); the decoder channels_last with its
-# GroupNorm statistics split for Inductor and the explicit mid-block attention (5.81 ms; 6.46 with session 4's
-# statistics cells; 6.68 with SDPA, whose only kernel for 512-wide heads is the memory-efficient one; 7.18 with the
-# Triton GroupNorm).
+# SDPA, 0.62 unstacked with SDPA); fused attention in the U-ViT (SDPA 9.0 vs 28.8 ms per step explicit; which one:
+# below); the decoder channels_last with its GroupNorm statistics split for Inductor and the explicit mid-block
+# attention (5.81 ms; 6.46 with session 4's statistics cells; 6.68 with SDPA, whose only kernel for 512-wide heads is
+# the memory-efficient one; 7.18 with the Triton GroupNorm).
 # The U-ViT's LayerNorm rows of 1536 read whole (persistent) and, in fp16, fc1 + bias + GELU as one cuBLASLt GEMM (tanh
 # GELU). Session 7 A/B on the H100, interleaved, per step: fp16 10.04 ms, 9.60 with the epilogue, 9.78 with Inductor's
 # multi_kernel (which compiles the persistent and the looped kernel and times them on each process's first call),
@@ -25,17 +25,25 @@ AUTO = "auto"
 # 9.66; compile 26.7 s, 16.1 and 17.3. fp8: multi_kernel 8.32, persistent_rows=2048 8.71, neither 9.00 (multi_kernel
 # also makes fc1's GELU + row maximum over rows of 6144 persistent). On the decoder multi_kernel measured neutral,
 # 6.25 vs 6.30 ms.
+# The U-ViT's attention (session 9 A/B, interleaved, with the options below): our Triton flash attention against
+# cuDNN's through SDPA, fp16 9.46 vs 9.47 ms per step (profiled: attention 1.63 vs 1.71 ms, the GEMMs 0.15 ms slower,
+# 9.11 vs 9.14 per call), fp8 8.38 vs 8.56. So fp8 takes ours and fp16 keeps SDPA.
 FAST_OPTIONS = {
     "clip": (("qkv", "stacked"), ("attention", "triton")),
-    "uvit": (("attention", "sdpa"),),
+    "uvit": (),
     "decoder": (("groupnorm", "split"), ("channels_last", True)),
 }
 # fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
 # accumulation: 9.02 ms per step against 9.71 per tensor and 9.54 per row with exact accumulation, the same error
 # (U-ViT output rel L2 0.288, 0.282, 0.286 against fp32; fp16 0.0046). Session 6 A/B on the H100, interleaved.
 PRECISION_OPTIONS = {
-    ("uvit", "fp16"): (("mlp", "epilogue"), ("persistent_rows", 2048)),
-    ("uvit", "fp8"): (("multi_kernel", True), ("fp8_accumulate", "fast"), ("fp8_scaling", "row")),
+    ("uvit", "fp16"): (("attention", "sdpa"), ("mlp", "epilogue"), ("persistent_rows", 2048)),
+    ("uvit", "fp8"): (
+        ("attention", "triton"),
+        ("multi_kernel", True),
+        ("fp8_accumulate", "fast"),
+        ("fp8_scaling", "row"),
+    ),  # fmt: skip
 }
 
 
