@@ -43,10 +43,10 @@ PRECISION_OPTIONS = {
     ("uvit", "fp16"): (("attention", "sdpa"), ("mlp", "epilogue"), ("persistent_rows", 2048)),
     ("uvit", "fp8"): (
         ("attention", "triton"),
-        ("multi_kernel", True),
+        ("persistent_rows", 8192),
         ("fp8_accumulate", "fast"),
         ("fp8_scaling", "row"),
-    ),  # fmt: skip
+    ),
 }
 
 
