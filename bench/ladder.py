@@ -3,7 +3,8 @@
 Each rung says how each component is built. The first two reproduce the seed's PyTorch columns: the strict-fp32
 reference (U-ViT guidance as two calls, like upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and
 decoder in fp32). The seed's TensorRT columns become the best engine we can run here, Inductor; `fast` is the
-fastest accurate configuration measured (reports/speedup.md), `fast-fp8` the same with FP8 U-ViT block linears.
+fastest accurate configuration measured (reports/speedup.md), `fast-fp8` the same with FP8 U-ViT block linears and our
+U-ViT attention.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ LADDER: list[Rung] = [
     # issue 6: bench.matrix.fast_options per component, the 50-call solver loop as one graph
     Rung("fast", "Inductor-FP16 + SDPA + whole-loop graph",
          {c: Build("inductor", "fp16", True, fast_options(c, "fp16")) for c in ("clip", "uvit", "decoder")}, loop=True),
-    Rung("fast-fp8", "the same with FP8 U-ViT block linears (per-row scales)",
+    Rung("fast-fp8", "the same with FP8 U-ViT block linears (per-row scales) and our U-ViT attention",
          {c: Build("inductor", p, True, fast_options(c, p))
           for c, p in (("clip", "fp16"), ("uvit", "fp8"), ("decoder", "fp16"))}, loop=True),
 ]  # fmt: skip

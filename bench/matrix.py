@@ -29,8 +29,8 @@ AUTO = "auto"
 # cuDNN's through SDPA, fp16 9.46 vs 9.47 ms per step (profiled: attention 1.63 vs 1.71 ms, the GEMMs 0.15 ms slower,
 # 9.11 vs 9.14 per call), fp8 8.38 vs 8.56. So fp8 takes ours and fp16 keeps SDPA. Then, fp8 with ours: multi_kernel
 # 8.19 ms, persistent_rows=8192 8.14 (rows of 6144 too: fc1's GELU + row maximum), 2048 8.61; compile 57.3, 39.5,
-# 44.9 s. fp8 takes 8192, and no rung needs multi_kernel, whose engine once failed to load from Inductor's FX graph
-# cache (README, "Known problems").
+# 44.9 s. fp8 takes 8192, and no rung needs multi_kernel, whose marked fp8 engine failed to load from Inductor's FX
+# graph cache in both of session 9's accuracy runs (README, "Known problems").
 FAST_OPTIONS = {
     "clip": (("qkv", "stacked"), ("attention", "triton")),
     "uvit": (),
