@@ -35,16 +35,24 @@ MAX_HEAD = 128  # flash_attention: larger heads need smaller tiles than FLASH's
 
 
 @triton.jit
-def _attention(qkv_ptr, mask_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_mb, s_mq, s_mk, s_ob, s_ol, s_oh, scale,
-               HAS_MASK: tl.constexpr, DOT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr):  # fmt: skip
-    bh = tl.program_id(1)
+def _query_tile(qkv_ptr, L, H, s_qb, s_ql, s_qh, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's sample and head, its query, key and feature indices, the head's first element in qkv, and its
+    block of queries (BLOCK_M, D), zero past L."""
+    bh = tl.program_id(1)  # the query blocks of one head run next to each other and share its keys in L2
     b, h = bh // H, bh % H
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, D)
     base = qkv_ptr + b * s_qb + h * s_qh
-    q = tl.load(base + rm[:, None] * s_ql + rd[None, :], mask=rm[:, None] < L, other=0.0)  # (BLOCK_M, D)
+    q = tl.load(base + rm[:, None] * s_ql + rd[None, :], mask=rm[:, None] < L, other=0.0)
+    return b, h, rm, rn, rd, base, q
+
+
+@triton.jit
+def _attention(qkv_ptr, mask_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_mb, s_mq, s_mk, s_ob, s_ol, s_oh, scale,
+               HAS_MASK: tl.constexpr, DOT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):  # fmt: skip
+    b, h, rm, rn, rd, base, q = _query_tile(qkv_ptr, L, H, s_qb, s_ql, s_qh, D, BLOCK_M, BLOCK_N)
     k = tl.load(base + s_qt + rn[:, None] * s_ql + rd[None, :], mask=rn[:, None] < L, other=0.0)  # (BLOCK_N, D)
     v = tl.load(base + 2 * s_qt + rn[:, None] * s_ql + rd[None, :], mask=rn[:, None] < L, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * scale  # (BLOCK_M, BLOCK_N) fp32
@@ -77,13 +85,7 @@ def _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, valid, MASK: tl.const
 @triton.jit
 def _flash(qkv_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_ob, s_ol, s_oh, qk_scale,
            DOT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    bh = tl.program_id(1)  # the query blocks of one head run next to each other and share its keys in L2
-    b, h = bh // H, bh % H
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.arange(0, BLOCK_N)
-    rd = tl.arange(0, D)
-    base = qkv_ptr + b * s_qb + h * s_qh
-    q = tl.load(base + rm[:, None] * s_ql + rd[None, :], mask=rm[:, None] < L, other=0.0)  # (BLOCK_M, D)
+    b, h, rm, rn, rd, base, q = _query_tile(qkv_ptr, L, H, s_qb, s_ql, s_qh, D, BLOCK_M, BLOCK_N)
     k_ptrs = base + s_qt + rn[:, None] * s_ql + rd[None, :]  # (BLOCK_N, D)
     v_ptrs = base + 2 * s_qt + rn[:, None] * s_ql + rd[None, :]
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
