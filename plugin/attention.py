@@ -115,9 +115,19 @@ def check_qkv(qkv: Tensor, op: str, max_head: int | None = None) -> None:
         raise ValueError(f"{op} needs the head dimension contiguous")
 
 
+def heads_out(qkv: Tensor) -> Tensor:
+    """The output for stacked q/k/v (B, L, 3, H, D): (B, L, H * D), uninitialised, qkv's dtype and device."""
+    B, L, _, H, D = qkv.shape
+    return qkv.new_empty(B, L, H * D)
+
+
+def dot_precision(qkv: Tensor) -> str:
+    return "ieee" if qkv.dtype == torch.float32 else "tf32"  # tf32: Triton's default, unused by fp16/bf16 tiles
+
+
 def check(qkv: Tensor, mask: Tensor | None) -> None:
     check_qkv(qkv, "short_attention")
-    B, L, _, H, D = qkv.shape
+    B, L = qkv.shape[:2]
     if L > MAX_TOKENS:
         raise ValueError(f"short_attention holds at most {MAX_TOKENS} tokens per head, got {L}")
     if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (L, L)
@@ -131,7 +141,7 @@ def short_attention(qkv: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     returns (B, L, H * D) in qkv's dtype."""
     check(qkv, mask)
     B, L, _, H, D = qkv.shape
-    o = qkv.new_empty(B, L, H * D)
+    o = heads_out(qkv)
     has_mask = mask is not None
     if has_mask:
         s_mb, _, s_mq, s_mk = mask.stride()
@@ -147,15 +157,10 @@ def short_attention(qkv: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     return o
 
 
-def dot_precision(qkv: Tensor) -> str:
-    return "ieee" if qkv.dtype == torch.float32 else "tf32"  # tf32: Triton's default, unused by fp16/bf16 tiles
-
-
 @short_attention.register_fake
 def _(qkv: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     check(qkv, mask)
-    B, L, _, H, D = qkv.shape
-    return qkv.new_empty(B, L, H * D)
+    return heads_out(qkv)
 
 
 @torch.library.custom_op("unidiffuser::flash_attention", mutates_args=())
@@ -164,7 +169,7 @@ def flash_attention(qkv: Tensor, scale: float) -> Tensor:
     dtype."""
     check_qkv(qkv, "flash_attention", MAX_HEAD)
     B, L, _, H, D = qkv.shape
-    o = qkv.new_empty(B, L, H * D)
+    o = heads_out(qkv)
     grid = (triton.cdiv(L, FLASH["BLOCK_M"]), B * H)
     _flash[grid](
         qkv, o, L, H, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), o.stride(0), o.stride(1), D,
@@ -176,5 +181,4 @@ def flash_attention(qkv: Tensor, scale: float) -> Tensor:
 @flash_attention.register_fake
 def _(qkv: Tensor, scale: float) -> Tensor:
     check_qkv(qkv, "flash_attention", MAX_HEAD)
-    B, L, _, H, D = qkv.shape
-    return qkv.new_empty(B, L, H * D)
+    return heads_out(qkv)
