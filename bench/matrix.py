@@ -34,7 +34,7 @@ AUTO = "auto"
 FAST_OPTIONS = {
     "clip": (("qkv", "stacked"), ("attention", "triton")),
     "uvit": (),
-    "decoder": (("groupnorm", "split"), ("channels_last", True)),
+    "decoder": (("groupnorm", "split"), ("channels_last", True), ("upsample", "subpixel")),
 }
 # fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
 # accumulation: 9.02 ms per step against 9.71 per tensor and 9.54 per row with exact accumulation, the same error

@@ -85,7 +85,7 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
         raise ValueError("mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM, and precision fp8 makes it an FP8 GEMM: "
                          "choose one")  # fmt: skip
     module = marked if backend == "autocast" else cast(marked, precision)
-    fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"])
+    fused.apply(module, **{name: opts[name] for name in fused.FUSIONS})
     set_attention(module, opts["attention"])
     if precision == "fp8":
         opts.update(fp8_options, fp8_linears=fp8.swap_linears(module, **fp8_options))

@@ -25,7 +25,7 @@ def test_stacked_qkv_is_clip_with_one_projection(models, attention):
     from engines.eager import set_attention
 
     set_attention(encoder, attention)
-    fused.apply(encoder, mlp="reference", qkv="stacked")
+    fused.apply(encoder, mlp="reference", qkv="stacked", upsample="reference")
     layers = models.config.clip.layers
     assert sum(isinstance(m, fused.StackedQKVAttention) for m in encoder.modules()) == layers
     assert sum(p.numel() for p in encoder.parameters()) == n_params
@@ -83,7 +83,7 @@ def test_epilogue_mlp_and_fp8_linears_are_refused_together(models):
         prepare(uvit, precision="fp8", options={"mlp": "epilogue"}, backend="inductor")
 
 
-@pytest.mark.parametrize("option, value", [("mlp", "fused"), ("qkv", "packed")])
+@pytest.mark.parametrize("option, value", [("mlp", "fused"), ("qkv", "packed"), ("upsample", "bilinear")])
 def test_unknown_fusions_are_named(models, option, value):
     with pytest.raises(ValueError, match=f"unknown {option} '{value}'; choose from"):
         build_engine("clip", models, **{option: value})
@@ -99,6 +99,7 @@ def test_unknown_fusions_are_named(models, option, value):
         ("clip", {"qkv": "stacked", "attention": "triton"}),
         ("decoder", {"groupnorm": "split"}),
         ("decoder", {"groupnorm": "split", "channels_last": True}),
+        ("decoder", {"upsample": "subpixel", "channels_last": True}),
     ],
 )
 def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
@@ -142,3 +143,31 @@ def test_chunks_divide_the_pixels(n, want, chunks):
 def test_split_groupnorm_decoder_engine_keeps_the_marks_on_the_cpu(models):
     engine = engine_against_eager(models, "decoder", bound=1e-5, device=torch.device("cpu"), groupnorm="split")
     assert engine.meta["groupnorm"] == "split"
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 6), (1, 16, 5, 7)], ids=["square", "odd"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_subpixel_upsample_is_upsample_then_conv(shape, layout):
+    from reference import autoencoder as ae
+
+    torch.manual_seed(0)
+    ref = ae.Upsample(shape[1]).double()
+    sub = copy.deepcopy(ref)
+    sub.__class__ = fused.SubpixelUpsample
+    sub.fold()
+    assert sub.phases.shape == (4 * shape[1], shape[1], 2, 2) and "phases" not in sub.state_dict()
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format)
+    got = sub(x)
+    assert got.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(got, ref(x), rtol=1e-12, atol=1e-12)
+
+
+def test_subpixel_upsample_decoder_engine_keeps_the_marks_on_the_cpu(models):
+    engine = engine_against_eager(models, "decoder", bound=1e-5, device=torch.device("cpu"), upsample="subpixel")
+    assert engine.meta["upsample"] == "subpixel"
+    compiled = engine_against_eager(
+        models, "decoder", bound=1e-5, device=torch.device("cpu"), backend="inductor", upsample="subpixel",
+        channels_last=True,
+    )  # fmt: skip
+    assert compiled.meta["upsample"] == "subpixel"
