@@ -186,7 +186,9 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> st
         "the benchmark JSON, never in these times.\n",
         "## Time (ms)\n\n" + fmt_ms.to_markdown() + "\n",
         f"## Speed-up against {next(r.label for r in LADDER if r.name == BASELINE)}\n\n" + sp.to_markdown() + "\n",
-        f"## Efficiency (measured fp16 matmul peak {peak:.0f} TFLOP/s)\n\n" + eff.to_markdown() + "\n",
+        f"## Efficiency (measured fp16 matmul peak {peak:.0f} TFLOP/s)\n\n"
+        "The reference model's FLOPs (bench.flops) over the time: an engine that computes the same function with fewer "
+        "(the decoder's `upsample=subpixel`) is credited with the reference's.\n\n" + eff.to_markdown() + "\n",
     ]
     if len(stages):
         parts.append(
