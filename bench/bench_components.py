@@ -55,8 +55,9 @@ def test_component(benchmark, bench_case, engine_for, model_config, device, roun
 @pytest.mark.benchmark(timer=cuda_clock, group="peak")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_matmul_peak(benchmark, dtype, rounds):
-    """The measured dense matmul rate the reports divide by (8192^3 on random data, not zeros)."""
-    n = 8192
+    """The measured dense matmul rate the reports divide by (PEAK_N^3 on random data, not zeros)."""
+    from bench.ceilings import PEAK_N as n
+
     a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
     timed = Events(torch.matmul, device=torch.device("cuda"), label="matmul")
     with ClockSampler(torch.device("cuda")) as clocks:

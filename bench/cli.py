@@ -1,5 +1,6 @@
 """Command line: `python -m bench generate` (the main job), `references` (the 40 reference images), `quality`,
-`profile` (where one engine's GPU time goes) and `build` (engine build seconds, fresh or with warm caches).
+`profile` (where one engine's GPU time goes), `ceilings` (the fastest kernels at the U-ViT step's shapes) and `build`
+(engine build seconds, fresh or with warm caches).
 
 argparse only builds the keyword arguments of `generate` and `references`, the functions tests call.
 """
@@ -312,6 +313,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--repeat", type=int, default=10, help="calls timed and profiled. Default: %(default)r")
     f.add_argument("--out", type=Path, default=None, help="Default: reports/profile-<engine>.md")
     f.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
+    c = sub.add_parser(
+        "ceilings", help="the fastest linears and attention at the U-ViT step's shapes (markdown report)"
+    )
+    c.add_argument("--size", default="full", choices=list(SIZES), help="Default: %(default)r")
+    c.add_argument("--out", type=Path, default=Path("reports/ceilings-uvit.md"), help="Default: %(default)s")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     return p
 
 
@@ -324,6 +331,10 @@ def cli(argv: list[str] | None = None) -> None:
             print(f"wrote {quality(**args)}")
         elif command == "profile":
             print(f"wrote {profile_engine(**args)}")
+        elif command == "ceilings":
+            from bench.ceilings import write_report
+
+            print(f"wrote {write_report(**args)}")
         elif command == "build":
             for irrelevant in ("noise_order", "rounding"):
                 args.pop(irrelevant)

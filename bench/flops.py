@@ -20,7 +20,7 @@ def _count(component: str, size: str, guidance: str) -> int:
 
     cfg = ModelConfig.from_name(size)
     with torch.device("meta"):
-        models = _meta_models(cfg)
+        models = meta_models(cfg)
     module = copy.deepcopy(component_module(component, models, guidance=guidance))
     inputs = {k: v.to("meta") for k, v in example_inputs(component, cfg, device="cpu").items()}
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -28,7 +28,7 @@ def _count(component: str, size: str, guidance: str) -> int:
     return counter.get_total_flops()
 
 
-def _meta_models(cfg):
+def meta_models(cfg):
     from reference.autoencoder import AutoencoderDecoder
     from reference.checkpoints import Models
     from reference.clip import TextEncoder
