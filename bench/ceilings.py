@@ -173,6 +173,8 @@ def room(m: dict, target_ms: float) -> pd.DataFrame:
 def to_markdown(env: dict, m: dict, target_ms: float) -> str:
     from reports.common import env_header
 
+    r = room(m, target_ms)
+    best = r.iloc[-1]
     lin = m["linears"].assign(
         **{"TFLOP/s": lambda d: d["flop"] / d["us"] / 1e6, "ms_per_step": lambda d: d["calls"] * d["us"] / 1e3}
     )
@@ -180,7 +182,7 @@ def to_markdown(env: dict, m: dict, target_ms: float) -> str:
     return "\n".join(
         [
             env_header("Kernel ceilings at the guided U-ViT step's shapes", env),
-            __doc__.split("\n\n", 2)[2].strip() + "\n",
+            __doc__.split("\n\n", 2)[2].strip().replace("REPEAT", str(REPEAT)).replace("CALLS", str(CALLS)) + "\n",
             f"Dense fp16 matmul, {PEAK_N}^3: **{m['peak'] / 1e12:.0f} TFLOP/s**. Device-to-device copy: "
             f"**{m['copy'] / 1e12:.2f} TB/s**.\n",
             "## Linears (cuBLAS, fp16)\n\nM = tokens of both guidance halves; calls per step.\n\n"
@@ -193,9 +195,10 @@ def to_markdown(env: dict, m: dict, target_ms: float) -> str:
             f"## What a {target_ms:g} ms step leaves\n\nThe step's compute-bound work alone, and the time the target "
             "leaves for everything else (LayerNorms, residual adds, the long skips), as milliseconds and as the bytes "
             "a copy moves in them: set it against the memory-traffic line of the step's profile "
-            "(`python -m bench profile --component uvit ...`).\n\n"
-            + room(m, target_ms).to_markdown(floatfmt=".3f")
-            + "\n",
+            "(`python -m bench profile --component uvit ...`).\n\n" + r.to_markdown(floatfmt=".3f") + "\n",
+            f"Most generous row: the compute alone takes **{best['compute_ms']:.3f} ms**, and a {target_ms:g} ms step "
+            f"leaves **{max(best['left_ms'], 0):.3f} ms** ({best['left_GB_at_copy_speed']:.2f} GB at copy speed) for "
+            "everything else.\n",
         ]
     )
 

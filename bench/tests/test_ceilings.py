@@ -83,3 +83,11 @@ def test_ceilings_report_on_the_gpu(tmp_path):
     assert "## Linears" in text and "FlashAttention-3 (published)" in text and "What a 7 ms step leaves" in text
     with pytest.raises(FileExistsError):
         ceilings.write_report(size="tiny", out=out)
+
+
+def test_the_report_states_what_the_most_generous_row_leaves():
+    m = measured()
+    text = ceilings.to_markdown({"gpu": "none"}, m, target_ms=0.03)
+    last = ceilings.room(m, target_ms=0.03).iloc[-1]
+    assert f"takes **{last['compute_ms']:.3f} ms**" in text and f"leaves **{last['left_ms']:.3f} ms**" in text
+    assert "REPEAT" not in text and f"median over {ceilings.REPEAT} replays" in text
