@@ -1,7 +1,7 @@
 """Ceilings: the fastest each kind of kernel runs on this GPU at the guided U-ViT step's own shapes, and the step time
 those rates leave room for.
 
-    python -m bench ceilings --out reports/ceilings-uvit.md
+    python -m bench ceilings
 
 A step's compute-bound work is its linears and its attention; the rest (LayerNorms, residual adds, the long skips'
 concatenation) only moves memory. Each linear shape is timed alone with cuBLAS, bias included, as the engines call it.
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+REPORT = "ceilings-uvit.md"  # under reports/, where the speed-up report links it from the U-ViT row
 CALLS, REPEAT = 20, 15
 PEAK_N = 8192  # the dense fp16 matmul every report divides by: PEAK_N^3 on random data
 # FlashAttention-3 (Shah et al. 2024, arXiv:2407.08608), forward, head dim 64, no causal mask, H100 80GB SXM5, as read

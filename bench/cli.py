@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from bench import ladder
+from bench.ceilings import REPORT
 from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
 from engines.components import COMPONENTS
 from engines.sampler import build_sampler, sampler_inputs
@@ -317,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
         "ceilings", help="the fastest linears and attention at the U-ViT step's shapes (markdown report)"
     )
     c.add_argument("--size", default="full", choices=list(SIZES), help="Default: %(default)r")
-    c.add_argument("--out", type=Path, default=Path("reports/ceilings-uvit.md"), help="Default: %(default)s")
+    c.add_argument("--out", type=Path, default=Path("reports") / REPORT, help="Default: %(default)s")
     c.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     return p
 

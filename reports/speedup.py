@@ -105,9 +105,9 @@ def anchor(heading: str) -> str:
     return "#" + re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
 
 
-def against_targets(table: pd.DataFrame, profiles: dict | None = None) -> pd.DataFrame:
+def against_targets(table: pd.DataFrame, profiles: dict | None = None, also: dict | None = None) -> pd.DataFrame:
     """Best against target per row, with the profile report of the best configuration where one exists
-    (reports.profiles.index of the report's folder)."""
+    (reports.profiles.index of the report's folder), and `also` a further report by row (the U-ViT's ceilings)."""
     from reports.profiles import spec_key
 
     best = table["best measured"].astype(float)
@@ -122,6 +122,8 @@ def against_targets(table: pd.DataFrame, profiles: dict | None = None) -> pd.Dat
 
     out["profile"] = out["configuration"].map(profile)
     out.loc["pipeline", "profile"] = f"[stages]({anchor(STAGES)}); the U-ViT row's profile"  # a rung, not one engine
+    for row, name in (also or {}).items():
+        out.loc[row, "profile"] += f"; [{name}]({name})"
     return out
 
 
@@ -160,7 +162,7 @@ def clocks(df: pd.DataFrame) -> pd.DataFrame:
     return sampled.set_index("name").reindex(columns=cols)  # a CPU run has the count, and no clock columns
 
 
-def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> str:
+def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also: dict | None = None) -> str:
     table = speedup_table(df)
     fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
     fmt_ms["best configuration"] = table["best configuration"].fillna("-")
@@ -197,12 +199,13 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None) -> st
             + stages.round(2).to_markdown()
             + "\n"
         )
-    targets = against_targets(table, profiles)
+    targets = against_targets(table, profiles, also)
     targets.index = [ROWS[i] for i in targets.index]
     parts.append(
         "## Against the performance targets\n\nThe fastest measured configuration of each row, whatever its "
         "accuracy (reports/accuracy.md, reports/pd.md say which engines qualify), and its kernel profile where one "
-        "was taken: where the time goes (README.md, 'Performance', sets it against the floor).\n\n"
+        "was taken: where the time goes (README.md, 'Performance', sets it against the floor); for the U-ViT step "
+        "also the fastest kernels at its shapes, when `python -m bench ceilings` has been run.\n\n"
         + targets.to_markdown(floatfmt=".3f")
         + "\n"
     )
@@ -243,8 +246,10 @@ def environment_of(machine: dict) -> dict:
 
 def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Path:
     df, machine = load_runs(paths)
+    from bench.ceilings import REPORT
     from reports.profiles import index
 
     out = check_writable(out, overwrite=overwrite)
-    out.write_text(to_markdown(df, environment_of(machine), index(out.parent)))
+    also = {"uvit": REPORT} if (out.parent / REPORT).exists() else {}
+    out.write_text(to_markdown(df, environment_of(machine), index(out.parent), also))
     return out

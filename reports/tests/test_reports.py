@@ -111,6 +111,8 @@ def test_each_target_points_at_the_profile_of_its_best_engine(tmp_path):
     got = against_targets(table, found)["profile"]
     stages = "[stages](#pipeline-stages-gpu-ms-per-image-medians); the U-ViT row's profile"
     assert list(got) == ["-", "-", "[profile-decoder-new.md](profile-decoder-new.md)", stages]
+    linked = against_targets(table, found, also={"uvit": "ceilings-uvit.md"})["profile"]
+    assert linked["uvit"] == "-; [ceilings-uvit.md](ceilings-uvit.md)" and linked["decoder"] == got["decoder"]
 
 
 def test_clocks_are_listed_for_the_runs_that_sampled_them():
