@@ -131,7 +131,21 @@ def traffic_line(kernels: pd.DataFrame, copy_bytes_per_s: float) -> str:
         f"**{gb / copy:.3f} ms**. The other kernels take {rest:.3f} ms, so with the same kernels and the Triton "
         f"traffic at copy speed the GPU would be busy **{rest + gb / copy:.3f} ms** per call: this engine's floor "
         f"unless the traffic shrinks or the other kernels get faster. GB: Inductor's count of the buffers each "
-        f"kernel reads and writes, each once."
+        f"kernel reads and writes, each once." + overcounted(counted, copy)
+    )
+
+
+def overcounted(counted: pd.DataFrame, copy_tb_per_s: float) -> str:
+    """A sentence for kernels whose count implies more than copy speed: Inductor counts a buffer once per access (each
+    slice a gather reads, each input of a concatenation) even where the reads overlap, so their GB, and the floor line
+    with them, are upper bounds. Empty when there are none."""
+    fast = counted[counted["TB/s"] > copy_tb_per_s]
+    if fast.empty:
+        return ""
+    return (
+        f" {len(fast)} kernel(s) would move their count faster than a copy (up to {fast['TB/s'].max():.2f} TB/s, "
+        f"{fast['GB'].sum():.2f} GB): Inductor counts a buffer once per access even where reads overlap (a gather's "
+        f"slices), so for them the GB, and the floor line with it, are upper bounds."
     )
 
 

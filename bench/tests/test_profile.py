@@ -58,6 +58,9 @@ def test_traffic_counts_only_the_kernels_whose_bytes_are_known():
     line = traffic_line(kernels, copy_bytes_per_s=2.5e12)
     assert "**0.50 GB**" in line and "1.00 TB/s" in line and "**0.200 ms**" in line  # 0.5 GB at 2.5 TB/s
     assert "take 1.100 ms" in line and "**1.300 ms**" in line  # b and the GEMM as measured, plus 0.2
+    assert "faster than a copy" not in line
+    slow_copy = traffic_line(kernels, copy_bytes_per_s=0.9e12)  # both counted kernels now read "faster than a copy"
+    assert "2 kernel(s) would move their count faster than a copy (up to 1.00 TB/s, 0.50 GB)" in slow_copy
 
 
 def test_traffic_says_when_no_kernel_carries_a_byte_count():
