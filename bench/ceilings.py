@@ -17,6 +17,7 @@ import functools
 import statistics
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -127,21 +128,22 @@ def measure(size: str = "full") -> dict[str, pd.DataFrame | float]:
         rows.append({"M": M, "K": K, "N": N, "bias": bias, "calls": calls, "us": us, "flop": 2 * M * K * N})
     gemms = pd.DataFrame(rows)
     rows = []
-    shapes = {**{shape: calls for shape, calls in attention.items()}, **{shape: 0 for shape in PUBLISHED_FA3}}
-    for (B, H, L, D), calls in shapes.items():
-        qkv = randn(B, L, 3, H, D)
+    for (B, H, L, D), calls in {**attention, **dict.fromkeys(PUBLISHED_FA3, 0)}.items():
+        qkv, shape, flop = randn(B, L, 3, H, D), f"{B}x{H}x{L}x{D}", 4 * B * H * L * L * D
         for kernel, fn in attention_kernels().items():
             us = graph_us(functools.partial(fn, qkv))
-            rows.append({"shape": f"{B}x{H}x{L}x{D}", "calls": calls, "kernel": kernel, "us": us,
-                         "flop": 4 * B * H * L * L * D})  # fmt: skip
+            rows.append({"shape": shape, "calls": calls, "kernel": kernel, "us": us, "flop": flop})
         if (B, H, L, D) in PUBLISHED_FA3:
-            flop = 4 * B * H * L * L * D
-            rows.append({"shape": f"{B}x{H}x{L}x{D}", "calls": 0, "kernel": "FlashAttention-3 (published)",
-                         "us": flop / PUBLISHED_FA3[(B, H, L, D)] / 1e6, "flop": flop})  # fmt: skip
+            us = flop / PUBLISHED_FA3[(B, H, L, D)] / 1e6  # the time the published rate implies
+            rows.append({"shape": shape, "calls": 0, "kernel": "FlashAttention-3 (published)", "us": us, "flop": flop})
     kernels = pd.DataFrame(rows)
     a, b = randn(PEAK_N, PEAK_N), randn(PEAK_N, PEAK_N)
     peak = 2 * PEAK_N**3 / graph_us(functools.partial(torch.matmul, a, b), calls=5, repeat=10) * 1e6
     return {"linears": gemms, "attention": kernels, "peak": peak, "copy": copy_bandwidth(dev)}
+
+
+def flop_per_s(rows: pd.DataFrame) -> pd.Series:
+    return rows["flop"] / rows["us"] * 1e6
 
 
 def room(m: dict, target_ms: float) -> pd.DataFrame:
@@ -151,9 +153,9 @@ def room(m: dict, target_ms: float) -> pd.DataFrame:
     in_step = att[att["calls"] > 0]
     per_shape = in_step.groupby("shape").agg(calls=("calls", "first"), flop=("flop", "first"), us=("us", "min"))
     att_flop = (per_shape["calls"] * per_shape["flop"]).sum()
-    best_rate = (att["flop"] / att["us"]).max() * 1e6  # FLOP/s, over every shape and kernel
+    best_rate = flop_per_s(att).max()  # over every shape and kernel
     # the fastest matmul rate seen: a long PEAK_N^3 burst can run at a lower clock than a short GEMM of the step
-    matmul_rate = max(m["peak"], (lin["flop"] / lin["us"]).max() * 1e6)
+    matmul_rate = max(m["peak"], flop_per_s(lin).max())
     linears_ms = (lin["calls"] * lin["us"]).sum() / 1e3
     linears_at_best = (lin["calls"] * lin["flop"]).sum() / matmul_rate * 1e3
     attention_ms, attention_at_best = (per_shape["calls"] * per_shape["us"]).sum() / 1e3, att_flop / best_rate * 1e3
@@ -177,9 +179,9 @@ def to_markdown(env: dict, m: dict, target_ms: float) -> str:
     r = room(m, target_ms)
     best = r.iloc[-1]
     lin = m["linears"].assign(
-        **{"TFLOP/s": lambda d: d["flop"] / d["us"] / 1e6, "ms_per_step": lambda d: d["calls"] * d["us"] / 1e3}
+        **{"TFLOP/s": lambda d: flop_per_s(d) / 1e12, "ms_per_step": lambda d: d["calls"] * d["us"] / 1e3}
     )
-    att = m["attention"].assign(**{"TFLOP/s": lambda d: d["flop"] / d["us"] / 1e6})
+    att = m["attention"].assign(**{"TFLOP/s": lambda d: flop_per_s(d) / 1e12})
     return "\n".join(
         [
             env_header("Kernel ceilings at the guided U-ViT step's shapes", env),
@@ -204,9 +206,7 @@ def to_markdown(env: dict, m: dict, target_ms: float) -> str:
     )
 
 
-def write_report(*, size: str = "full", out, overwrite: bool = False):
-    from pathlib import Path
-
+def write_report(*, size: str = "full", out: Path, overwrite: bool = False) -> Path:
     from bench.environment import environment
     from reports.common import check_writable
     from reports.speedup import TARGETS

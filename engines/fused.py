@@ -67,8 +67,12 @@ class SubpixelUpsample(ae.Upsample):
         cols = lambda a: torch.stack([y[:, a, b, :, a : a + H, b : b + W] for b in (0, 1)], -1)  # noqa: E731
         out = torch.stack([cols(0), cols(1)], 3).view(B, C, 2 * H, 2 * W)  # (B, C, H, 2 a, W, 2 b) row-major
         out = out + self.conv.bias.view(C, 1, 1)
-        last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return out.contiguous(memory_format=torch.channels_last) if last else out
+        return out.contiguous(memory_format=torch.channels_last) if channels_last(x) else out
+
+
+def channels_last(x: Tensor) -> bool:
+    """x is laid out NHWC (and not also NCHW, as a tensor with one channel or one pixel is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _phase_taps(w: Tensor, dim: int) -> Tensor:
@@ -99,7 +103,7 @@ class SplitGroupNorm(ae.GroupNorm):
         G, HW = self.num_groups, H * W
         CG = C // G
         xf = x.float()
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if channels_last(x):
             k = chunks(HW, HW // self.ROWS)
             parts = xf.permute(0, 2, 3, 1).reshape(N, k, HW // k, C)  # a view of NHWC memory
             var, mean = (  # (N, G, k * CG)
