@@ -9,6 +9,9 @@ suite shows what each costs.
     upsample=subpixel
                    the decoder's nearest 2x upsampling + 3x3 conv as a 2x2 conv on the small image (SubpixelUpsample):
                    16 instead of 36 multiply-adds per output value, and the 4x-sized upsampled input is never written.
+    conv_out=taps  the decoder's last conv (128 -> 3 channels at 512x512) as one GEMM from each pixel to its nine taps'
+                   contributions and a shifted sum of those (TapConv): cuDNN runs a 3-channel conv as a padded implicit
+                   GEMM several times slower than a read of its input.
 
 `SplitGroupNorm` (`groupnorm=split`, engines.eager.swap_groupnorm) is the decoder's GroupNorm written for Inductor.
 """
@@ -22,7 +25,12 @@ from torch import Tensor, nn
 from reference import autoencoder as ae
 from reference import uvit as uv
 
-FUSIONS = {"mlp": ("reference", "epilogue"), "qkv": ("separate", "stacked"), "upsample": ("reference", "subpixel")}
+FUSIONS = {
+    "mlp": ("reference", "epilogue"),
+    "qkv": ("separate", "stacked"),
+    "upsample": ("reference", "subpixel"),
+    "conv_out": ("reference", "taps"),
+}
 
 
 class EpilogueMlp(uv.Mlp):
@@ -70,6 +78,34 @@ class SubpixelUpsample(ae.Upsample):
         return out.contiguous(memory_format=torch.channels_last) if channels_last(x) else out
 
 
+class TapConv(nn.Conv2d):
+    """A 3x3 conv (stride 1, padding 1) with few output channels as z = x W, each input pixel's contribution to each of
+    its nine output neighbours (a GEMM over channels), then out[i, j] = sum over taps (r, s) of z[i + r - 1, j + s - 1,
+    (r, s)]: the input is read once, and what is written between the two is 9 x out_channels values per pixel (padded
+    to a multiple of 8, the GEMM's alignment) instead of a padded implicit GEMM's tiles. Each tap's contribution is
+    rounded to x's dtype before the sum, which runs in fp32 (fp64 for fp64)."""
+
+    def fold(self) -> TapConv:
+        if self.kernel_size != (3, 3) or self.padding != (1, 1) or self.stride != (1, 1) or self.groups != 1:
+            raise ValueError(f"TapConv takes a 3x3 conv with padding 1 and stride 1; got {self}")
+        taps = self.weight.permute(1, 2, 3, 0).flatten(1)  # (C_in, 3 r * 3 s * C_out)
+        width = -(-taps.shape[1] // 8) * 8
+        # not in the state dict: the checkpoint's keys stay the reference's
+        self.register_buffer("taps", F.pad(taps, (0, width - taps.shape[1])), persistent=False)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W), x's memory format
+        B, _, H, W = x.shape
+        C_out, wide = self.out_channels, torch.promote_types(x.dtype, torch.float32)
+        z = x.permute(0, 2, 3, 1) @ self.taps  # (B, H, W, width): a GEMM on channels_last memory
+        z = F.pad(
+            z[..., : 9 * C_out].unflatten(-1, (3, 3, C_out)), (0, 0, 0, 0, 0, 0, 1, 1, 1, 1)
+        )  # (B, H+2, W+2, 3, 3, C_out)
+        out = sum(z[:, r : r + H, s : s + W, r, s].to(wide) for r in range(3) for s in range(3))  # (B, H, W, C_out)
+        out = (out + self.bias.to(wide)).to(x.dtype).permute(0, 3, 1, 2)  # a channels_last view of (B, C_out, H, W)
+        return out if channels_last(x) else out.contiguous()
+
+
 def channels_last(x: Tensor) -> bool:
     """x is laid out NHWC (and not also NCHW, as a tensor with one channel or one pixel is)."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -82,7 +118,8 @@ def _phase_taps(w: Tensor, dim: int) -> Tensor:
 
 
 class SplitGroupNorm(ae.GroupNorm):
-    """The reference GroupNorm with its statistics reduced in two stages, in plain torch ops.
+    """The reference GroupNorm with its statistics reduced in two stages, in plain torch ops but for the second stage on
+    the GPU (plugin.groupnorm.merge_cells: one launch where Inductor made three).
 
     Inductor gives each (sample, group) reduction of F.group_norm one program: at 512x512 a group holds a million
     elements, and 32 programs leave most of the H100 idle. Here the first stage reduces many equal-sized cells, and the
@@ -106,19 +143,31 @@ class SplitGroupNorm(ae.GroupNorm):
         if channels_last(x):
             k = chunks(HW, HW // self.ROWS)
             parts = xf.permute(0, 2, 3, 1).reshape(N, k, HW // k, C)  # a view of NHWC memory
-            var, mean = (  # (N, G, k * CG)
-                t.view(N, k, G, CG).transpose(1, 2).reshape(N, G, k * CG)
-                for t in torch.var_mean(parts, dim=2, correction=0)
-            )
+            var, mean = torch.var_mean(parts, dim=2, correction=0)  # (N, k, C): cells of one channel
         else:
             k = chunks(HW, CG * HW // self.CHUNK)
-            var, mean = torch.var_mean(xf.reshape(N, G, k, CG * HW // k), dim=-1, correction=0)  # (N, G, k)
-        group_mean = mean.mean(-1)  # (N, G)
-        group_var = var.mean(-1) + (mean - group_mean[..., None]).square().mean(-1)
-        rstd = torch.rsqrt(group_var + self.eps)
+            cells = xf.reshape(N, G, k, CG * HW // k)
+            var, mean = (t.transpose(1, 2) for t in torch.var_mean(cells, dim=-1, correction=0))  # (N, k, G)
+        if x.is_cuda:
+            from plugin.groupnorm import merge_cells
+
+            group_mean, rstd = merge_cells(mean, var, G, self.eps)
+        else:
+            group_mean, rstd = merge(mean, var, G, self.eps)
         mean_c, rstd_c = (t.repeat_interleave(CG, dim=1)[:, :, None, None] for t in (group_mean, rstd))  # (N, C, 1, 1)
         w, b = self.weight.float()[:, None, None], self.bias.float()[:, None, None]
         return ((xf - mean_c) * (rstd_c * w) + b).to(x.dtype)
+
+
+def merge(mean: Tensor, var: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Statistics of equal-sized cells, (N, K, C) each, the C channels in `groups` groups -> each group's mean and
+    1/std, (N, G): the mean of the variances plus the variance of the means (on the GPU: plugin.groupnorm.merge_cells).
+    """
+    N, K, C = mean.shape
+    cells = lambda t: t.reshape(N, K, groups, C // groups).transpose(1, 2).reshape(N, groups, -1)  # noqa: E731
+    group_mean = cells(mean).mean(-1)
+    group_var = cells(var).mean(-1) + (cells(mean) - group_mean[..., None]).square().mean(-1)
+    return group_mean, torch.rsqrt(group_var + eps)
 
 
 def chunks(n: int, want: int) -> int:
@@ -158,12 +207,12 @@ class StackedQKVAttention(nn.Module):
         return self.out_proj(o.transpose(1, 2).reshape(B, L, C)), None
 
 
-def apply(module: nn.Module, *, mlp: str, qkv: str, upsample: str) -> nn.Module:
+def apply(module: nn.Module, *, mlp: str, qkv: str, upsample: str, conv_out: str) -> nn.Module:
     """Swap in the fused layers asked for (after the attention kind is set: the CLIP swap reads it; after the cast:
     the upsampling folds its weights in their final dtype)."""
     from transformers.models.clip.modeling_clip import CLIPAttention
 
-    for name, value in (("mlp", mlp), ("qkv", qkv), ("upsample", upsample)):
+    for name, value in (("mlp", mlp), ("qkv", qkv), ("upsample", upsample), ("conv_out", conv_out)):
         if value not in FUSIONS[name]:
             raise ValueError(f"unknown {name} {value!r}; choose from {list(FUSIONS[name])}")
     for m in module.modules():
@@ -172,6 +221,9 @@ def apply(module: nn.Module, *, mlp: str, qkv: str, upsample: str) -> nn.Module:
         if upsample == "subpixel" and type(m) is ae.Upsample:
             m.__class__ = SubpixelUpsample
             m.fold()
+        if conv_out == "taps" and isinstance(m, ae.Decoder):
+            m.conv_out.__class__ = TapConv
+            m.conv_out.fold()
         if qkv == "stacked":
             for child_name, child in m.named_children():
                 if isinstance(child, CLIPAttention):

@@ -12,6 +12,8 @@ Imports nothing of the project.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -55,6 +57,27 @@ def _merge_stats(mean_ptr, m2_ptr, group_mean_ptr, rstd_ptr, CHUNKS, n_full, n_l
     group_m2 = tl.sum(m2, axis=0) + tl.sum(n * d * d, axis=0)
     tl.store(group_mean_ptr + ng, group_mean)
     tl.store(rstd_ptr + ng, 1.0 / tl.sqrt(group_m2 / total + eps))
+
+
+@triton.jit
+def _merge_cells(mean_ptr, var_ptr, group_mean_ptr, rstd_ptr, K, C, G, CG, eps, K_PAD: tl.constexpr,
+                 CG_PAD: tl.constexpr):  # fmt: skip
+    """One program per (sample, group) merges the group's K x CG cells, each the statistics of one channel over the
+    same number of pixels: mean of the means, mean of the variances plus the variance of the means, in fp32."""
+    ng = tl.program_id(0)
+    n, g = ng // G, ng % G
+    k = tl.arange(0, K_PAD)[:, None]
+    cg = tl.arange(0, CG_PAD)[None, :]
+    mask = (k < K) & (cg < CG)
+    offs = n * K * C + k * C + g * CG + cg
+    mean = tl.load(mean_ptr + offs, mask=mask, other=0.0)
+    var = tl.load(var_ptr + offs, mask=mask, other=0.0)
+    count = (K * CG).to(tl.float32)
+    group_mean = tl.sum(tl.sum(mean, axis=1), axis=0) / count
+    d = tl.where(mask, mean - group_mean, 0.0)
+    group_var = (tl.sum(tl.sum(var, axis=1), axis=0) + tl.sum(tl.sum(d * d, axis=1), axis=0)) / count
+    tl.store(group_mean_ptr + ng, group_mean)
+    tl.store(rstd_ptr + ng, 1.0 / tl.sqrt(group_var + eps))
 
 
 @triton.jit
@@ -126,6 +149,34 @@ def group_norm_into(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, num_grou
 @group_norm.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float, silu: bool) -> Tensor:
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("unidiffuser::merge_cells", mutates_args=())
+def merge_cells(mean: Tensor, var: Tensor, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-channel statistics of K equal-sized cells, (N, K, C) fp32 each -> each group's mean and 1/std, (N, G) fp32:
+    the second stage of engines.fused.SplitGroupNorm on the GPU, one launch where Inductor made three."""
+    if mean.shape != var.shape or mean.dim() != 3 or mean.dtype != torch.float32 or var.dtype != torch.float32:
+        raise ValueError(f"merge_cells expects two fp32 (N, K, C) tensors; got {mean.dtype} {tuple(mean.shape)} and "
+                         f"{var.dtype} {tuple(var.shape)}")  # fmt: skip
+    N, K, C = mean.shape
+    if C % num_groups:
+        raise ValueError(f"{C} channels do not split into {num_groups} groups")
+    if not mean.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"merge_cells runs its Triton kernel: CUDA tensors, or TRITON_INTERPRET=1; got {mean.device}")
+    G, CG = num_groups, C // num_groups
+    group_mean = torch.empty(N, G, device=mean.device, dtype=torch.float32)
+    rstd = torch.empty_like(group_mean)
+    mean, var = mean.contiguous(), var.contiguous()
+    K_PAD, CG_PAD = triton.next_power_of_2(K), triton.next_power_of_2(CG)
+    warps = 8 if K_PAD * CG_PAD > 2048 else 4
+    _merge_cells[(N * G,)](mean, var, group_mean, rstd, K, C, G, CG, eps, K_PAD, CG_PAD, num_warps=warps)
+    return group_mean, rstd
+
+
+@merge_cells.register_fake
+def _(mean: Tensor, var: Tensor, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    shape = (mean.shape[0], num_groups)
+    return mean.new_empty(shape), mean.new_empty(shape)
 
 
 class TritonGroupNorm(nn.GroupNorm):

@@ -25,7 +25,7 @@ def test_stacked_qkv_is_clip_with_one_projection(models, attention):
     from engines.eager import set_attention
 
     set_attention(encoder, attention)
-    fused.apply(encoder, mlp="reference", qkv="stacked", upsample="reference")
+    fused.apply(encoder, mlp="reference", qkv="stacked", upsample="reference", conv_out="reference")
     layers = models.config.clip.layers
     assert sum(isinstance(m, fused.StackedQKVAttention) for m in encoder.modules()) == layers
     assert sum(p.numel() for p in encoder.parameters()) == n_params
