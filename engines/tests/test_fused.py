@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from engines import build_engine, fused
 from engines.components import component_module, example_inputs
@@ -83,7 +84,9 @@ def test_epilogue_mlp_and_fp8_linears_are_refused_together(models):
         prepare(uvit, precision="fp8", options={"mlp": "epilogue"}, backend="inductor")
 
 
-@pytest.mark.parametrize("option, value", [("mlp", "fused"), ("qkv", "packed"), ("upsample", "bilinear")])
+@pytest.mark.parametrize(
+    "option, value", [("mlp", "fused"), ("qkv", "packed"), ("upsample", "bilinear"), ("conv_out", "winograd")]
+)
 def test_unknown_fusions_are_named(models, option, value):
     with pytest.raises(ValueError, match=f"unknown {option} '{value}'; choose from"):
         build_engine("clip", models, **{option: value})
@@ -100,6 +103,7 @@ def test_unknown_fusions_are_named(models, option, value):
         ("decoder", {"groupnorm": "split"}),
         ("decoder", {"groupnorm": "split", "channels_last": True}),
         ("decoder", {"upsample": "subpixel", "channels_last": True}),
+        ("decoder", {"conv_out": "taps", "channels_last": True}),
     ],
 )
 def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
@@ -171,3 +175,36 @@ def test_subpixel_upsample_decoder_engine_keeps_the_marks_on_the_cpu(models):
         channels_last=True,
     )  # fmt: skip
     assert compiled.meta["upsample"] == "subpixel"
+
+
+@pytest.mark.parametrize("shape, out_channels", [((2, 8, 6, 6), 3), ((1, 16, 5, 7), 4)], ids=["rgb", "odd"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_tap_conv_is_the_conv(shape, out_channels, layout):
+    torch.manual_seed(0)
+    ref = nn.Conv2d(shape[1], out_channels, 3, padding=1).double()
+    taps = copy.deepcopy(ref)
+    taps.__class__ = fused.TapConv
+    taps.fold()
+    assert taps.taps.shape == (shape[1], 32 if out_channels == 3 else 40) and "taps" not in taps.state_dict()
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format)
+    got = taps(x)
+    assert got.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(got, ref(x), rtol=1e-12, atol=1e-12)
+
+
+def test_tap_conv_refuses_other_convs():
+    conv = nn.Conv2d(8, 3, 3, padding=0)
+    conv.__class__ = fused.TapConv
+    with pytest.raises(ValueError, match="TapConv takes a 3x3 conv with padding 1"):
+        conv.fold()
+
+
+def test_tap_conv_decoder_engine_keeps_the_marks_on_the_cpu(models):
+    engine = engine_against_eager(models, "decoder", bound=1e-5, device=torch.device("cpu"), conv_out="taps")
+    assert engine.meta["conv_out"] == "taps"
+    compiled = engine_against_eager(
+        models, "decoder", bound=1e-5, device=torch.device("cpu"), backend="inductor", conv_out="taps",
+        channels_last=True, upsample="subpixel", groupnorm="split",
+    )  # fmt: skip
+    assert compiled.meta["conv_out"] == "taps"
