@@ -72,7 +72,7 @@ def _merge_cells(mean_ptr, var_ptr, group_mean_ptr, rstd_ptr, K, C, G, CG, eps, 
     offs = n * K * C + k * C + g * CG + cg
     mean = tl.load(mean_ptr + offs, mask=mask, other=0.0)
     var = tl.load(var_ptr + offs, mask=mask, other=0.0)
-    count = (K * CG).to(tl.float32)
+    count = K * CG * 1.0  # a Python number where Triton specialised K or CG (== 1) to a constant
     group_mean = tl.sum(tl.sum(mean, axis=1), axis=0) / count
     d = tl.where(mask, mean - group_mean, 0.0)
     group_var = (tl.sum(tl.sum(var, axis=1), axis=0) + tl.sum(tl.sum(d * d, axis=1), axis=0)) / count
