@@ -24,7 +24,10 @@ KINDS = (
     # an Inductor pointwise kernel named after the attention op it feeds (CLIP's causal mask) is not attention
     ("attention", re.compile(r"^(?!triton_poi_).*(flash|fmha|attention|sdpa|softmax)", re.I)),
     ("gemm", re.compile(r"^triton_tem_", re.I)),  # Inductor's GEMM templates (max-autotune)
-    ("norm / reduction (triton)", re.compile(r"^triton_(red|per)_|^_(partial|merge)_stats$|^_normalize$", re.I)),
+    (
+        "norm / reduction (triton)",
+        re.compile(r"^triton_(red|per)_|^_(partial_stats|merge_stats|merge_cells|normalize)$", re.I),
+    ),
     ("pointwise (triton)", re.compile(r"^triton_", re.I)),
     ("convolution", re.compile(r"conv|fprop|dgrad|implicit|winograd", re.I)),
     ("gemm", re.compile(r"gemm|cutlass|nvjet|xmma|matmul|_mm_|splitk|sm90_", re.I)),

@@ -92,7 +92,8 @@ def test_works_inside_torch_compile_and_cuda_graphs():
 
 
 @pytest.mark.parametrize(
-    "n, k, c, groups", [(1, 512, 128, 32), (2, 5, 96, 32), (1, 3, 32, 32), (1, 128, 512, 32), (1, 8, 32, 32), (1, 1, 32, 32)]
+    "n, k, c, groups",
+    [(1, 512, 128, 32), (2, 5, 96, 32), (1, 3, 32, 32), (1, 128, 512, 32), (1, 8, 32, 32), (1, 1, 32, 32)],
 )
 def test_merge_cells_gives_the_group_statistics(kernel_device, n, k, c, groups):
     from plugin.groupnorm import merge_cells
