@@ -98,9 +98,8 @@ class TapConv(nn.Conv2d):
         B, _, H, W = x.shape
         C_out, wide = self.out_channels, torch.promote_types(x.dtype, torch.float32)
         z = x.permute(0, 2, 3, 1) @ self.taps  # (B, H, W, width): a GEMM on channels_last memory
-        z = F.pad(
-            z[..., : 9 * C_out].unflatten(-1, (3, 3, C_out)), (0, 0, 0, 0, 0, 0, 1, 1, 1, 1)
-        )  # (B, H+2, W+2, 3, 3, C_out)
+        z = z[..., : 9 * C_out].unflatten(-1, (3, 3, C_out))  # (B, H, W, 3 r, 3 s, C_out)
+        z = F.pad(z, (0, 0, 0, 0, 0, 0, 1, 1, 1, 1))  # (B, H + 2, W + 2, 3, 3, C_out): zeros outside the image
         out = sum(z[:, r : r + H, s : s + W, r, s].to(wide) for r in range(3) for s in range(3))  # (B, H, W, C_out)
         out = (out + self.bias.to(wide)).to(x.dtype).permute(0, 3, 1, 2)  # a channels_last view of (B, C_out, H, W)
         return out if channels_last(x) else out.contiguous()
@@ -160,9 +159,8 @@ class SplitGroupNorm(ae.GroupNorm):
 
 
 def merge(mean: Tensor, var: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Statistics of equal-sized cells, (N, K, C) each, the C channels in `groups` groups -> each group's mean and
-    1/std, (N, G): the mean of the variances plus the variance of the means (on the GPU: plugin.groupnorm.merge_cells).
-    """
+    """SplitGroupNorm's second stage in torch: cells (N, K, C) -> each group's mean and 1/std (N, G). On the GPU
+    plugin.groupnorm.merge_cells does the same in one launch."""
     N, K, C = mean.shape
     cells = lambda t: t.reshape(N, K, groups, C // groups).transpose(1, 2).reshape(N, groups, -1)  # noqa: E731
     group_mean = cells(mean).mean(-1)
