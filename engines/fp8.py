@@ -12,17 +12,24 @@ tolerance rule (reference/tolerances.py). Engine options:
                             fuses into the kernel that makes the row (LayerNorm, GELU), scaling included.
     fp8_accumulate=fast     Hopper's FP8 tensor-core accumulation without the periodic promotion of partial sums to
                             fp32 (torch._scaled_mm's use_fast_accum); `exact` (the default) keeps it.
+    fp8_quantize=triton     (with fp8_scaling=row) our Triton kernel (plugin.fp8) quantises the inputs that no
+                            Inductor fusion makes cheap: fc2's, with the MLP's GELU folded in, and attn.proj's (the
+                            attention's output). qkv's, fc1's and skip_linear's stay torch ops, which Inductor fuses
+                            into the LayerNorm or the concatenation that makes them. `torch` (the default): all torch.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
 LINEARS_PER_BLOCK = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "skip_linear")
-OPTIONS = {"fp8_scaling": ("tensor", "row"), "fp8_accumulate": ("exact", "fast")}  # first: the default
+# first: the default
+OPTIONS = {"fp8_scaling": ("tensor", "row"), "fp8_accumulate": ("exact", "fast"), "fp8_quantize": ("torch", "triton")}
+TRITON_QUANTIZED = ("attn.proj", "mlp.fc2")  # fp8_quantize=triton
 
 
 def quantize(x: Tensor, *, rows: bool = False) -> tuple[Tensor, Tensor]:
@@ -33,30 +40,48 @@ def quantize(x: Tensor, *, rows: bool = False) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
-def check_options(fp8_scaling: str, fp8_accumulate: str) -> None:
-    for name, value in (("fp8_scaling", fp8_scaling), ("fp8_accumulate", fp8_accumulate)):
+def check_options(fp8_scaling: str = "tensor", fp8_accumulate: str = "exact", fp8_quantize: str = "torch") -> None:
+    given = {"fp8_scaling": fp8_scaling, "fp8_accumulate": fp8_accumulate, "fp8_quantize": fp8_quantize}
+    for name, value in given.items():
         if value not in OPTIONS[name]:
             raise ValueError(f"unknown {name} {value!r}; choose from {list(OPTIONS[name])}")
+    if fp8_quantize == "triton" and fp8_scaling != "row":
+        raise ValueError("fp8_quantize=triton computes a scale per row: add fp8_scaling=row")
 
 
 class Fp8Linear(nn.Module):
-    """Drop-in for nn.Linear: y = (x/sx)(W/sw)^T * sx * sw + b, computed by torch._scaled_mm."""
+    """Drop-in for nn.Linear: y = (x/sx)(W/sw)^T * sx * sw + b, computed by torch._scaled_mm. With `gelu`, the layer
+    takes its input before the exact GELU that precedes it and applies it while quantising: x = GELU(input)."""
 
-    def __init__(self, linear: nn.Linear, *, fp8_scaling: str = "tensor", fp8_accumulate: str = "exact"):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        *,
+        fp8_scaling: str = "tensor",
+        fp8_accumulate: str = "exact",
+        fp8_quantize: str = "torch",
+        gelu: bool = False,
+    ):
         super().__init__()
-        check_options(fp8_scaling, fp8_accumulate)
+        check_options(fp8_scaling, fp8_accumulate, fp8_quantize)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         if self.in_features % 16 or self.out_features % 16:
             raise ValueError(f"FP8 matmuls need sizes divisible by 16; got {self.in_features} -> {self.out_features}")
-        self.rows, self.fast = fp8_scaling == "row", fp8_accumulate == "fast"
+        self.rows, self.fast, self.gelu = fp8_scaling == "row", fp8_accumulate == "fast", gelu
+        self.triton = fp8_quantize == "triton"
+        if self.triton:
+            import plugin.fp8  # noqa: F401  (registers torch.ops.unidiffuser.quantize_rows)
         weight, scale = quantize(linear.weight.detach(), rows=self.rows)  # (out, in) e4m3; () or (out, 1) fp32
         self.register_buffer("weight_fp8", weight)
         self.register_buffer("weight_scale", scale.t().contiguous())  # () or (1, out), as scale_b wants it
         self.bias = linear.bias
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) fp16/bf16 -> (..., out) same dtype
-        lead = x.shape[:-1]
-        xq, x_scale = quantize(x.reshape(-1, self.in_features), rows=self.rows)  # x_scale () or (M, 1)
+        lead, x = x.shape[:-1], x.reshape(-1, self.in_features)  # (M, in)
+        if self.triton:
+            xq, x_scale = torch.ops.unidiffuser.quantize_rows(x, self.gelu)  # x_scale (M, 1)
+        else:
+            xq, x_scale = quantize(F.gelu(x) if self.gelu else x, rows=self.rows)  # x_scale () or (M, 1)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         y = torch._scaled_mm(
             xq,
@@ -72,9 +97,25 @@ class Fp8Linear(nn.Module):
 
 def swap_linears(module: nn.Module, **options: str) -> int:
     """Replace the linear layers of every U-ViT block (LINEARS_PER_BLOCK) by Fp8Linear(linear, **options), marks
-    kept; how many."""
+    kept; how many. With fp8_quantize=triton, TRITON_QUANTIZED take it and the MLP's GELU moves into fc2."""
     from engines.runtime import swap_children
     from reference.uvit import Block
 
-    blocks = [m for m in module.modules() if isinstance(m, Block)]
-    return sum(swap_children(b, nn.Linear, lambda linear: Fp8Linear(linear, **options)) for b in blocks)
+    check_options(**options)
+    triton = options.get("fp8_quantize") == "triton"
+    swapped = 0
+    for block in [m for m in module.modules() if isinstance(m, Block)]:
+        if triton and block.mlp.act._forward_hooks:
+            raise ValueError("fp8_quantize=triton applies the MLP's GELU inside fc2's quantisation, so mlp.act has no "
+                             "output to mark: mark mlp.fc2 or the block instead")  # fmt: skip
+        paths = {id(m): name for name, m in block.named_modules()}
+
+        def make(linear: nn.Linear, paths: dict = paths) -> Fp8Linear:
+            path = paths[id(linear)]
+            here = options if path in TRITON_QUANTIZED else {**options, "fp8_quantize": "torch"}
+            return Fp8Linear(linear, **here, gelu=triton and path == "mlp.fc2")
+
+        swapped += swap_children(block, nn.Linear, make)
+        if triton:
+            block.mlp.act = nn.Identity()
+    return swapped
