@@ -16,6 +16,9 @@ tolerance rule (reference/tolerances.py). Engine options:
                             Inductor fusion makes cheap: fc2's, with the MLP's GELU folded in, and attn.proj's (the
                             attention's output). qkv's, fc1's and skip_linear's stay torch ops, which Inductor fuses
                             into the LayerNorm or the concatenation that makes them. `torch` (the default): all torch.
+    fp8_gelu=tanh           (with fp8_quantize=triton) the GELU folded into fc2's quantisation in its tanh form, with
+                            the GPU's approximate tanh instruction, instead of erf (the default): the form the fp16
+                            rung's cuBLASLt epilogue computes (mlp=epilogue).
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from torch import Tensor, nn
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
 LINEARS_PER_BLOCK = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "skip_linear")
-# first: the default
-OPTIONS = {"fp8_scaling": ("tensor", "row"), "fp8_accumulate": ("exact", "fast"), "fp8_quantize": ("torch", "triton")}
+OPTIONS = {  # first: the default
+    "fp8_scaling": ("tensor", "row"),
+    "fp8_accumulate": ("exact", "fast"),
+    "fp8_quantize": ("torch", "triton"),
+    "fp8_gelu": ("erf", "tanh"),
+}
 TRITON_QUANTIZED = ("attn.proj", "mlp.fc2")  # fp8_quantize=triton
 
 
@@ -40,18 +47,25 @@ def quantize(x: Tensor, *, rows: bool = False) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
-def check_options(fp8_scaling: str = "tensor", fp8_accumulate: str = "exact", fp8_quantize: str = "torch") -> None:
-    given = {"fp8_scaling": fp8_scaling, "fp8_accumulate": fp8_accumulate, "fp8_quantize": fp8_quantize}
-    for name, value in given.items():
+def check_options(**given: str) -> None:
+    """Refuses unknown options, unknown values and combinations that do not exist; absent options take defaults."""
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fp8 options {unknown}; choose from {sorted(OPTIONS)}")
+    opts = {name: given.get(name, choices[0]) for name, choices in OPTIONS.items()}
+    for name, value in opts.items():
         if value not in OPTIONS[name]:
             raise ValueError(f"unknown {name} {value!r}; choose from {list(OPTIONS[name])}")
-    if fp8_quantize == "triton" and fp8_scaling != "row":
+    if opts["fp8_quantize"] == "triton" and opts["fp8_scaling"] != "row":
         raise ValueError("fp8_quantize=triton computes a scale per row: add fp8_scaling=row")
+    if opts["fp8_gelu"] == "tanh" and opts["fp8_quantize"] != "triton":
+        raise ValueError("fp8_gelu=tanh is the GELU inside our Triton quantiser: add fp8_quantize=triton")
 
 
 class Fp8Linear(nn.Module):
-    """Drop-in for nn.Linear: y = (x/sx)(W/sw)^T * sx * sw + b, computed by torch._scaled_mm. With `gelu`, the layer
-    takes its input before the exact GELU that precedes it and applies it while quantising: x = GELU(input)."""
+    """Drop-in for nn.Linear: y = (x/sx)(W/sw)^T * sx * sw + b, computed by torch._scaled_mm. With `gelu` "erf" or
+    "tanh", the layer takes its input before the GELU that precedes it and applies it while quantising: x = GELU(input),
+    exact or in its tanh form."""
 
     def __init__(
         self,
@@ -60,10 +74,12 @@ class Fp8Linear(nn.Module):
         fp8_scaling: str = "tensor",
         fp8_accumulate: str = "exact",
         fp8_quantize: str = "torch",
-        gelu: bool = False,
+        gelu: str = "none",
     ):
         super().__init__()
-        check_options(fp8_scaling, fp8_accumulate, fp8_quantize)
+        check_options(fp8_scaling=fp8_scaling, fp8_accumulate=fp8_accumulate, fp8_quantize=fp8_quantize)
+        if gelu not in ("none", *OPTIONS["fp8_gelu"]):
+            raise ValueError(f"unknown gelu {gelu!r}; choose from {['none', *OPTIONS['fp8_gelu']]}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         if self.in_features % 16 or self.out_features % 16:
             raise ValueError(f"FP8 matmuls need sizes divisible by 16; got {self.in_features} -> {self.out_features}")
@@ -81,7 +97,8 @@ class Fp8Linear(nn.Module):
         if self.triton:
             xq, x_scale = torch.ops.unidiffuser.quantize_rows(x, self.gelu)  # x_scale (M, 1)
         else:
-            xq, x_scale = quantize(F.gelu(x) if self.gelu else x, rows=self.rows)  # x_scale () or (M, 1)
+            x = x if self.gelu == "none" else F.gelu(x, approximate="tanh" if self.gelu == "tanh" else "none")
+            xq, x_scale = quantize(x, rows=self.rows)  # x_scale () or (M, 1)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         y = torch._scaled_mm(
             xq,
@@ -102,7 +119,8 @@ def swap_linears(module: nn.Module, **options: str) -> int:
     from reference.uvit import Block
 
     check_options(**options)
-    triton = options.get("fp8_quantize") == "triton"
+    options = dict(options)
+    gelu, triton = options.pop("fp8_gelu", "erf"), options.get("fp8_quantize") == "triton"
     swapped = 0
     for block in [m for m in module.modules() if isinstance(m, Block)]:
         if triton and block.mlp.act._forward_hooks:
@@ -113,7 +131,7 @@ def swap_linears(module: nn.Module, **options: str) -> int:
         def make(linear: nn.Linear, paths: dict = paths) -> Fp8Linear:
             path = paths[id(linear)]
             here = options if path in TRITON_QUANTIZED else {**options, "fp8_quantize": "torch"}
-            return Fp8Linear(linear, **here, gelu=triton and path == "mlp.fc2")
+            return Fp8Linear(linear, **here, gelu=gelu if triton and path == "mlp.fc2" else "none")
 
         swapped += swap_children(block, nn.Linear, make)
         if triton:

@@ -70,6 +70,10 @@ def test_unknown_fp8_options_are_refused_by_name():
         Fp8Linear(nn.Linear(32, 16), fp8_quantize="cuda")
     with pytest.raises(ValueError, match="fp8_quantize=triton computes a scale per row: add fp8_scaling=row"):
         Fp8Linear(nn.Linear(32, 16), fp8_quantize="triton")
+    with pytest.raises(ValueError, match="fp8_gelu=tanh is the GELU inside our Triton quantiser"):
+        swap_linears(nn.Linear(32, 16), fp8_scaling="row", fp8_gelu="tanh")
+    with pytest.raises(ValueError, match=r"unknown fp8 options \['fp8_rows'\]"):
+        swap_linears(nn.Linear(32, 16), fp8_rows="all")
 
 
 def test_quantize_scales_so_nothing_saturates():
@@ -108,13 +112,14 @@ def tiny_uvit():
     return copy.deepcopy(load_models(ModelConfig.from_name("tiny"), seed=0).uvit)
 
 
-def test_triton_quantize_takes_fc2_with_the_gelu_and_proj():
+@pytest.mark.parametrize("gelu", ["erf", "tanh"])
+def test_triton_quantize_takes_fc2_with_the_gelu_and_proj(gelu):
     uvit = tiny_uvit()
-    swap_linears(uvit, fp8_scaling="row", fp8_quantize="triton")
+    swap_linears(uvit, fp8_scaling="row", fp8_quantize="triton", fp8_gelu=gelu)
     for block in [*uvit.in_blocks, uvit.mid_block, *uvit.out_blocks]:
         linears = {n: m for n, m in block.named_modules() if isinstance(m, Fp8Linear)}
         assert {n for n, m in linears.items() if m.triton} == set(TRITON_QUANTIZED)
-        assert [n for n, m in linears.items() if m.gelu] == ["mlp.fc2"]
+        assert {n: m.gelu for n, m in linears.items() if m.gelu != "none"} == {"mlp.fc2": gelu}
         assert isinstance(block.mlp.act, nn.Identity)
     uvit = tiny_uvit()
     uvit.in_blocks[1].mlp.act.register_forward_hook(lambda m, a, o: None)  # a mark
@@ -122,15 +127,16 @@ def test_triton_quantize_takes_fc2_with_the_gelu_and_proj():
         swap_linears(uvit, fp8_scaling="row", fp8_quantize="triton")
 
 
-def fp8_mlp(mlp: nn.Module, **options: str) -> nn.Module:
-    mlp, triton = copy.deepcopy(mlp), options.get("fp8_quantize") == "triton"
-    mlp.fc1, mlp.fc2 = Fp8Linear(mlp.fc1, **options), Fp8Linear(mlp.fc2, **options, gelu=triton)
-    mlp.act = nn.Identity() if triton else mlp.act
+def fp8_mlp(mlp: nn.Module, gelu: str, **options: str) -> nn.Module:
+    """The MLP with FP8 linears and its GELU (`gelu`) folded into fc2's quantisation."""
+    mlp = copy.deepcopy(mlp)
+    mlp.fc1, mlp.fc2, mlp.act = Fp8Linear(mlp.fc1, **options), Fp8Linear(mlp.fc2, **options, gelu=gelu), nn.Identity()
     return mlp
 
 
 @pytest.mark.gpu
-def test_triton_quantize_gives_the_torch_quantized_mlp():
+@pytest.mark.parametrize("gelu", ["erf", "tanh"])
+def test_triton_quantize_gives_the_torch_quantized_mlp(gelu):
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
         pytest.skip("needs a GPU with FP8 tensor cores (compute capability 8.9 or newer)")
     from reference.uvit import Mlp
@@ -139,11 +145,11 @@ def test_triton_quantize_gives_the_torch_quantized_mlp():
     mlp = Mlp(256, 1024).cuda().half()
     x = torch.randn(2, 77, 256, device="cuda", dtype=torch.half)
     exact = copy.deepcopy(mlp).float()(x.float())
-    got = fp8_mlp(mlp, fp8_scaling="row", fp8_quantize="triton")(x).float()
-    want = fp8_mlp(mlp, fp8_scaling="row")(x).float()
+    got = fp8_mlp(mlp, gelu, fp8_scaling="row", fp8_quantize="triton")(x).float()
+    want = fp8_mlp(mlp, gelu, fp8_scaling="row")(x).float()
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     # eager torch rounds GELU's output to fp16 before quantising and the kernel does not, so the two differ where that
-    # rounding crosses an e4m3 midpoint; against the fp32 MLP they err alike
+    # rounding crosses an e4m3 midpoint; against the fp32 MLP (exact GELU) they err alike
     assert rel(got, want) < 2**-5 and rel(got, exact) < 1.1 * rel(want, exact) < 2**-4
 
 
