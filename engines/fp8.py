@@ -120,7 +120,7 @@ def swap_linears(module: nn.Module, **options: str) -> int:
 
     check_options(**options)
     options = dict(options)
-    gelu, triton = options.pop("fp8_gelu", "erf"), options.get("fp8_quantize") == "triton"
+    gelu, triton = options.pop("fp8_gelu", OPTIONS["fp8_gelu"][0]), options.get("fp8_quantize") == "triton"
     swapped = 0
     for block in [m for m in module.modules() if isinstance(m, Block)]:
         if triton and block.mlp.act._forward_hooks:

@@ -10,10 +10,11 @@ torch (engines.fp8.quantize) divides by the scale instead; the two can differ in
 e4m3 step where f(x) / scale falls on a rounding midpoint (a few elements in 10^5).
 
 Inductor fuses the U-ViT's fc2 input (fc1's output, GELU, row maximum, cast) into one persistent reduction, but at
-rows of 6144 its kernel is bound by arithmetic, not memory: 38 us on the H100, where a copy of the same bytes takes 14.
-It evaluates erf twice per element (maximum, then cast) and divides by the scale with IEEE division. This kernel
-takes the row's maximum from x itself where GELU's increasing side decides it, so erf is evaluated once per
-element, and it multiplies by the reciprocal: 23 us; 13 us with GELU's tanh form, whose tanh is one instruction.
+rows of 6144 its kernel took 38 us on the H100, where a copy of the same bytes takes 14, and so did Triton kernels of
+ours that evaluate erf for the maximum and again for the cast and divide by the scale: arithmetic, not memory, bounds
+them. This kernel takes the row's maximum from x itself where GELU's increasing side decides it, so erf is evaluated
+once per element, and it multiplies by the reciprocal: 23 us; 13 us with GELU's tanh form, whose tanh is one
+instruction.
 Two passes over each row, in chunks: the second reads from L2. gelu="tanh" runs on the GPU only (inline PTX), not
 under Triton's interpreter. Imports nothing of the project.
 """
