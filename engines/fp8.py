@@ -19,13 +19,23 @@ tolerance rule (reference/tolerances.py). Engine options:
     fp8_gelu=tanh           (with fp8_quantize=triton) the GELU folded into fc2's quantisation in its tanh form, with
                             the GPU's approximate tanh instruction, instead of erf (the default): the form the fp16
                             rung's cuBLASLt epilogue computes (mlp=epilogue).
+    fp8_layernorm=triton    (with fp8_quantize=triton) each block LayerNorm, with the residual add before it, in one
+                            launch of our kernel (plugin.fp8.add_layernorm_quantize) that also quantises its output for
+                            the FP8 linear after it: fc1's, the next block's qkv, or the next out-block's skip_linear,
+                            whose concatenation with its long skip the kernel quantises as one row. The blocks then
+                            hand each other (activation, Quantized) pairs (Fp8Block, Fp8UViT). `torch` (the default):
+                            torch ops, which Inductor fuses.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from reference import uvit as uv
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
@@ -35,6 +45,7 @@ OPTIONS = {  # first: the default
     "fp8_accumulate": ("exact", "fast"),
     "fp8_quantize": ("torch", "triton"),
     "fp8_gelu": ("erf", "tanh"),
+    "fp8_layernorm": ("torch", "triton"),
 }
 TRITON_QUANTIZED = ("attn.proj", "mlp.fc2")  # fp8_quantize=triton
 
@@ -60,6 +71,21 @@ def check_options(**given: str) -> None:
         raise ValueError("fp8_quantize=triton computes a scale per row: add fp8_scaling=row")
     if opts["fp8_gelu"] == "tanh" and opts["fp8_quantize"] != "triton":
         raise ValueError("fp8_gelu=tanh is the GELU inside our Triton quantiser: add fp8_quantize=triton")
+    if opts["fp8_layernorm"] == "triton" and opts["fp8_quantize"] != "triton":
+        raise ValueError("fp8_layernorm=triton quantises with our Triton kernels: add fp8_quantize=triton")
+
+
+class Quantized(NamedTuple):
+    """An activation as an FP8 linear reads it: q (..., K) e4m3 and its row scales (..., 1) fp32, and the dtype the
+    activation had. `shape` is q's, so the attention modules, which read their input's shape, take one in its place."""
+
+    q: Tensor
+    scale: Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
 
 
 class Fp8Linear(nn.Module):
@@ -92,37 +118,45 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.t().contiguous())  # () or (1, out), as scale_b wants it
         self.bias = linear.bias
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., in) fp16/bf16 -> (..., out) same dtype
-        lead, x = x.shape[:-1], x.reshape(-1, self.in_features)  # (M, in)
-        if self.triton:
-            xq, x_scale = torch.ops.unidiffuser.quantize_rows(x, self.gelu)  # x_scale (M, 1)
+    def forward(self, x: Tensor | Quantized) -> Tensor:  # (..., in) fp16/bf16 -> (..., out) same dtype
+        if isinstance(x, Quantized):  # quantised by the kernel that made it (fp8_layernorm=triton)
+            lead, dtype = x.q.shape[:-1], x.dtype
+            xq, x_scale = x.q.reshape(-1, self.in_features), x.scale.reshape(-1, 1)  # (M, in), (M, 1)
         else:
-            x = x if self.gelu == "none" else F.gelu(x, approximate="tanh" if self.gelu == "tanh" else "none")
-            xq, x_scale = quantize(x, rows=self.rows)  # x_scale () or (M, 1)
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
+            lead, dtype = x.shape[:-1], x.dtype
+            xq, x_scale = self.quantize_input(x.reshape(-1, self.in_features))
+        bias = self.bias.to(dtype) if self.bias is not None else None
         y = torch._scaled_mm(
             xq,
             self.weight_fp8.t(),
             scale_a=x_scale,
             scale_b=self.weight_scale,
             bias=bias,
-            out_dtype=x.dtype,
+            out_dtype=dtype,
             use_fast_accum=self.fast,
         )  # (M, out) fmt: skip
         return y.reshape(*lead, self.out_features)
 
+    def quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (M, in) -> e4m3 (M, in), scale () or (M, 1)
+        if self.triton:
+            return torch.ops.unidiffuser.quantize_rows(x, self.gelu)
+        x = x if self.gelu == "none" else F.gelu(x, approximate="tanh" if self.gelu == "tanh" else "none")
+        return quantize(x, rows=self.rows)
+
 
 def swap_linears(module: nn.Module, **options: str) -> int:
     """Replace the linear layers of every U-ViT block (LINEARS_PER_BLOCK) by Fp8Linear(linear, **options), marks
-    kept; how many. With fp8_quantize=triton, TRITON_QUANTIZED take it and the MLP's GELU moves into fc2."""
+    kept; how many. With fp8_quantize=triton, TRITON_QUANTIZED take it and the MLP's GELU moves into fc2; with
+    fp8_layernorm=triton, swap_layernorms as well."""
     from engines.runtime import swap_children
-    from reference.uvit import Block
 
     check_options(**options)
     options = dict(options)
     gelu, triton = options.pop("fp8_gelu", OPTIONS["fp8_gelu"][0]), options.get("fp8_quantize") == "triton"
+    if options.pop("fp8_layernorm", OPTIONS["fp8_layernorm"][0]) == "triton":
+        swap_layernorms(module)
     swapped = 0
-    for block in [m for m in module.modules() if isinstance(m, Block)]:
+    for block in [m for m in module.modules() if isinstance(m, uv.Block)]:
         if triton and block.mlp.act._forward_hooks:
             raise ValueError("fp8_quantize=triton applies the MLP's GELU inside fc2's quantisation, so mlp.act has no "
                              "output to mark: mark mlp.fc2 or the block instead")  # fmt: skip
@@ -137,3 +171,64 @@ def swap_linears(module: nn.Module, **options: str) -> int:
         if triton:
             block.mlp.act = nn.Identity()
     return swapped
+
+
+class NormQuantize(uv.LayerNorm):
+    """A block's LayerNorm of x + y in one launch of plugin.fp8.add_layernorm_quantize, which also quantises the rows of
+    cat([out, extra]) for the FP8 linear after it: returns (out, Quantized). Same parameters as the LayerNorm it
+    replaces; a mark on it records `out`."""
+
+    def forward(self, x: Tensor, y: Tensor | None = None, extra: Tensor | None = None) -> tuple[Tensor, Quantized]:
+        rows = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731  (B, L, C) -> (B * L, C)
+        out, q, scale = torch.ops.unidiffuser.add_layernorm_quantize(
+            rows(x), rows(y), self.weight, self.bias, self.eps, rows(extra)
+        )  # fmt: skip
+        lead = x.shape[:-1]
+        return out.view(x.shape), Quantized(q.view(*lead, -1), scale.view(*lead, 1), x.dtype)
+
+
+class Fp8Block(uv.Block):
+    """The block with NormQuantize norms: takes and returns (activation, Quantized input of the next block's first
+    linear), so that no activation is read a second time to be quantised. An out-block's first linear, skip_linear,
+    reads cat([x, skip]): the block before quantises its output with that skip (`next_skip`) as one row."""
+
+    def forward(self, h: tuple[Tensor, Quantized], next_skip: Tensor | None = None) -> tuple[Tensor, Quantized]:
+        x, xq = h  # x (B, L, D); xq: x, or cat([x, skip]) for an out-block, quantised
+        if self.skip_linear is not None:
+            x, xq = self.norm1(self.skip_linear(xq))
+        x, xq = self.norm2(x, self.attn(xq))
+        return self.norm3(x, self.mlp(xq), next_skip)
+
+
+class Fp8UViT(uv.UViT):
+    """The U-ViT whose trunk runs Fp8Blocks: each block is handed the skip its successor concatenates."""
+
+    def blocks(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        h = (x, Quantized(*quantize(x, rows=True), x.dtype))
+        skips = []
+        for blk in self.in_blocks:
+            h = blk(h)
+            skips.append(h[0])
+        h = self.mid_block(h, next_skip=skips[-1])
+        for blk in self.out_blocks:
+            skips.pop()  # blk's skip, in its input already
+            h = blk(h, next_skip=skips[-1] if skips else None)
+        return h[0]
+
+
+def swap_layernorms(module: nn.Module) -> None:
+    """fp8_layernorm=triton: every U-ViT in `module` an Fp8UViT, its blocks Fp8Blocks, their norms NormQuantize (the
+    same modules, parameters and marks, with other forwards)."""
+    import plugin.fp8  # noqa: F401  (registers torch.ops.unidiffuser.add_layernorm_quantize)
+
+    uvits = [m for m in module.modules() if isinstance(m, uv.UViT)]
+    if not uvits:
+        raise ValueError("fp8_layernorm=triton changes what U-ViT blocks hand each other, which UViT.blocks runs: "
+                         "swap a whole U-ViT")  # fmt: skip
+    for uvit in uvits:
+        uvit.__class__ = Fp8UViT
+        for block in [m for m in uvit.modules() if isinstance(m, uv.Block)]:
+            block.__class__ = Fp8Block
+            for norm in (block.norm1, block.norm2, block.norm3):
+                if norm is not None:
+                    norm.__class__ = NormQuantize

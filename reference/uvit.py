@@ -167,7 +167,15 @@ class UViT(nn.Module):
         x = torch.cat((t_img_token, t_text_token, token_embed, text, clip_img, img), dim=1)  # (B, 1105, D)
         pos = self.pos_embed
         x = x + torch.cat([pos[:, :2], self.pos_embed_token, pos[:, 2:]], dim=1)
+        x = self.norm(self.blocks(x))
 
+        n_text, n_img = cfg.num_text_tokens, cfg.num_patches
+        _, _, _, text_out, clip_img_out, img_out = x.split((1, 1, 1, n_text, 1, n_img), dim=1)
+        img_out = unpatchify(self.decoder_pred(img_out), cfg.in_chans)  # (B, 4, 64, 64)
+        return img_out, self.clip_img_out(clip_img_out), self.text_out(text_out)
+
+    def blocks(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        """The trunk: in-blocks, mid block, out-blocks, each out-block taking the output of its mirror in-block."""
         skips = []
         for blk in self.in_blocks:
             x = blk(x)
@@ -175,12 +183,7 @@ class UViT(nn.Module):
         x = self.mid_block(x)
         for blk in self.out_blocks:
             x = blk(x, skips.pop())
-        x = self.norm(x)
-
-        n_text, n_img = cfg.num_text_tokens, cfg.num_patches
-        _, _, _, text_out, clip_img_out, img_out = x.split((1, 1, 1, n_text, 1, n_img), dim=1)
-        img_out = unpatchify(self.decoder_pred(img_out), cfg.in_chans)  # (B, 4, 64, 64)
-        return img_out, self.clip_img_out(clip_img_out), self.text_out(text_out)
+        return x
 
 
 def _trunc_normal(shape: torch.Size, *, std: float, generator: torch.Generator) -> Tensor:

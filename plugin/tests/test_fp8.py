@@ -1,5 +1,5 @@
-"""The Triton row quantiser against engines.fp8.quantize: on the GPU directly; on a CPU through Triton's interpreter,
-where only the scales are checked (below)."""
+"""The Triton row quantiser and the LayerNorm + quantise kernel against torch (F.layer_norm, engines.fp8.quantize): on
+the GPU directly; on a CPU through Triton's interpreter, where only the scales and the LayerNorm are checked (below)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,78 @@ def test_values_round_as_torch_rounds_them(kernel_device, shape, gelu):
     assert got.abs().max() <= E4M3_MAX and (got.abs().amax(dim=1) == E4M3_MAX).all()  # each row reaches the top
 
 
+def layernorm_case(shape, *, add, extra, dtype, seed=0):
+    """x, y, weight, bias and extra as a U-ViT block's norms see them: a residual stream and a sublayer's output, an
+    affine LayerNorm, and the long skip the next out-block concatenates."""
+    g = torch.Generator().manual_seed(seed)
+    M, N = shape
+    t = lambda *s, k=1.0: (torch.randn(*s, generator=g) * k).to(dtype)  # noqa: E731
+    return t(M, N, k=3), t(M, N) if add else None, t(N, k=0.5) + 1, t(N, k=0.1), t(M, N // 2 + 8) if extra else None
+
+
+def layernorm_reference(x, y, w, b, extra):
+    """torch's add (in x's dtype) and LayerNorm (in fp32, cast back): the reference block's norm(x + sublayer(x))."""
+    h = x + y if y is not None else x
+    return F.layer_norm(h.float(), (h.shape[-1],), w.float(), b.float(), 1e-5).to(x.dtype)
+
+
+LAYERNORM_CASES = [(False, False), (True, False), (True, True)]  # (add, extra): norm1, norm2/3, norm3 before skip
+# (M, N): short and odd rows, the U-ViT's (64 tokens; on the GPU both guidance halves at full size)
+LAYERNORM_SHAPES = [(37, 100), (5, 3000), (64, 1536)] + ([(2210, 1536)] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("add,extra", LAYERNORM_CASES, ids=["norm", "add", "add+extra"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("shape", LAYERNORM_SHAPES, ids=["x".join(map(str, s)) for s in LAYERNORM_SHAPES])
+def test_layernorm_and_its_row_scales_match_torch(kernel_device, shape, dtype, add, extra):
+    from plugin.fp8 import add_layernorm_quantize
+
+    if INTERPRETING and add and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates fp32 to bf16 (1 + 3 * 2^-9 comes out 1.0); x + y rounds to bf16")
+    x, y, w, b, e = layernorm_case(shape, add=add, extra=extra, dtype=dtype)
+    on = lambda t: None if t is None else t.to(kernel_device)  # noqa: E731
+    out, q, scale = add_layernorm_quantize(on(x), on(y), on(w), on(b), 1e-5, on(e))
+    want = layernorm_reference(x, y, w, b, e)
+    assert out.dtype == dtype and q.shape == (shape[0], shape[1] + (e.shape[1] if extra else 0))
+    # the statistics' fp32 sums in another order: one rounding of fp16/bf16 apart at most, a few units of fp32's
+    tol = max(torch.finfo(dtype).eps, 2**-20)
+    torch.testing.assert_close(out.cpu(), want, rtol=tol, atol=tol)
+    row = torch.cat([out.cpu(), e], -1) if extra else out.cpu()  # the kernel's own output, as torch would quantise it
+    torch.testing.assert_close(scale.cpu(), quantize(row.float(), rows=True)[1], rtol=0, atol=0)
+
+
+@E4M3_ROUNDING
+@pytest.mark.parametrize("add,extra", LAYERNORM_CASES, ids=["norm", "add", "add+extra"])
+def test_layernorm_values_round_as_torch_rounds_them(kernel_device, add, extra):
+    from plugin.fp8 import add_layernorm_quantize
+
+    x, y, w, b, e = layernorm_case(LAYERNORM_SHAPES[-1], add=add, extra=extra, dtype=torch.float16, seed=1)
+    on = lambda t: None if t is None else t.to(kernel_device)  # noqa: E731
+    out, q, scale = add_layernorm_quantize(on(x), on(y), on(w), on(b), 1e-5, on(e))
+    row = torch.cat([out.cpu(), e], -1) if extra else out.cpu()
+    got, want = q.cpu().float(), quantize(row.float(), rows=True)[0].float()
+    differ = got != want  # the reciprocal against torch's quotient: rounding midpoints only, one e4m3 step
+    assert differ.float().mean().item() < 1e-3, differ.sum().item()
+    step = torch.exp2(torch.floor(torch.log2(want.abs().clamp(min=2**-6))) - 3)
+    assert ((got - want).abs() <= step)[differ].all()
+
+
+def test_layernorm_inputs_are_checked(kernel_device):
+    from plugin.fp8 import add_layernorm_quantize
+
+    x, y, w, b, e = (t.to(kernel_device) for t in layernorm_case((8, 64), add=True, extra=True, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"y is \(8, 32\); x \(8, 64\) needs \(8, 64\)"):
+        add_layernorm_quantize(x, y[:, :32], w, b, 1e-5, None)
+    with pytest.raises(ValueError, match=r"weight is \(63,\); x \(8, 64\) needs \(64,\)"):
+        add_layernorm_quantize(x, y, w[:63], b, 1e-5, None)
+    with pytest.raises(ValueError, match=r"extra is \(4, 40\); x \(8, 64\) needs \(8, N_extra\)"):
+        add_layernorm_quantize(x, y, w, b, 1e-5, e[:4])
+    with pytest.raises(ValueError, match="bias must be contiguous along rows, torch.float32"):
+        add_layernorm_quantize(x, y, w, b.half(), 1e-5, None)
+    with pytest.raises(ValueError, match="2-d tensor with contiguous rows"):
+        add_layernorm_quantize(x.t(), None, w[:8], b[:8], 1e-5, None)
+
+
 def test_zero_rows_and_strided_rows(kernel_device):
     from plugin.fp8 import quantize_rows
 
@@ -117,6 +189,23 @@ def test_works_inside_torch_compile_and_cuda_graphs():
     assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(scale, want_scale)
     graphed = Graphed(lambda x: dict(zip(("q", "scale"), quantize_rows(x, "erf"), strict=True)), {"x": x})
     assert torch.equal(graphed(x=x * -3)["scale"], quantize_rows(x * -3, "erf")[1])
+
+
+@pytest.mark.gpu
+def test_layernorm_works_inside_torch_compile_and_cuda_graphs():
+    from engines.runtime import Graphed
+    from plugin.fp8 import add_layernorm_quantize
+
+    if INTERPRETING:
+        pytest.skip("compile and graphs need the GPU kernels, not the interpreter")
+    x, y, w, b, e = (t.cuda() for t in layernorm_case((64, 1536), add=True, extra=True, dtype=torch.float16))
+    want = add_layernorm_quantize(x, y, w, b, 1e-5, e)
+    compiled = torch.compile(lambda x: add_layernorm_quantize(x * 2, y, w, b, 1e-5, e), fullgraph=True)
+    got = compiled(x / 2)
+    assert all(torch.equal(g.view(torch.uint8), v.view(torch.uint8)) for g, v in zip(got, want, strict=True))
+    run = lambda x: dict(zip(("out", "q", "scale"), add_layernorm_quantize(x, y, w, b, 1e-5, e), strict=True))  # noqa: E731
+    graphed = Graphed(run, {"x": x})
+    assert torch.equal(graphed(x=x * -3)["out"], add_layernorm_quantize(x * -3, y, w, b, 1e-5, e)[0])
 
 
 def test_kernels_through_the_interpreter():
