@@ -26,7 +26,10 @@ KINDS = (
     ("gemm", re.compile(r"^triton_tem_", re.I)),  # Inductor's GEMM templates (max-autotune)
     (
         "norm / reduction (triton)",
-        re.compile(r"^triton_(red|per)_|^_(partial_stats|merge_stats|merge_cells|normalize|quantize_rows)$", re.I),
+        re.compile(
+            r"^triton_(red|per)_|^_(partial_stats|merge_stats|merge_cells|normalize|quantize_rows|add_layernorm_quantize)$",
+            re.I,
+        ),
     ),
     ("pointwise (triton)", re.compile(r"^triton_", re.I)),
     ("convolution", re.compile(r"conv|fprop|dgrad|implicit|winograd", re.I)),
