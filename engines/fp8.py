@@ -204,7 +204,9 @@ class Fp8UViT(uv.UViT):
     """The U-ViT whose trunk runs Fp8Blocks: each block is handed the skip its successor concatenates."""
 
     def blocks(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        h = (x, Quantized(*quantize(x, rows=True), x.dtype))
+        # our kernel: Inductor fused this row maximum into the embeddings' concatenation, a looped reduction of 37 us
+        q, scale = torch.ops.unidiffuser.quantize_rows(x.reshape(-1, x.shape[-1]), "none")
+        h = (x, Quantized(q.view(x.shape), scale.view(*x.shape[:-1], 1), x.dtype))
         skips = []
         for blk in self.in_blocks:
             h = blk(h)
