@@ -34,10 +34,15 @@ AUTO = "auto"
 # The decoder's upsamplings as 2x2 convs on the small image (upsample=subpixel, session 10 A/B, interleaved): 6.21 ->
 # 5.58 ms, compile 33 -> 25 s, output rel L2 against fp32 0.0018 -> 0.0019. Its last conv as a GEMM over taps and a
 # shifted sum (conv_out=taps, session 11 A/B, interleaved, with the Triton merge of groupnorm=split): 5.46 -> 5.41 ms.
+# cuBLASLt without workspace (cublaslt_workspace=0, session 13, one process per setting, graph replays back to back):
+# the fp8 U-ViT step 6.99 -> 6.80 ms (its qkv and fc1 GEMMs statically scheduled, without a memset before each), CLIP
+# 0.437 -> 0.417, the fp16 U-ViT 9.22 -> 9.16 and the decoder 5.49 -> 5.49, each the mean of two processes.
+WORKSPACE = (("cublaslt_workspace", 0),)
 FAST_OPTIONS = {
-    "clip": (("qkv", "stacked"), ("attention", "triton")),
-    "uvit": (),
-    "decoder": (("groupnorm", "split"), ("channels_last", True), ("upsample", "subpixel"), ("conv_out", "taps")),
+    "clip": (("qkv", "stacked"), ("attention", "triton")) + WORKSPACE,
+    "uvit": WORKSPACE,
+    "decoder": (("groupnorm", "split"), ("channels_last", True), ("upsample", "subpixel"), ("conv_out", "taps"))
+    + WORKSPACE,
 }
 # fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
 # accumulation: 9.02 ms per step against 9.71 per tensor and 9.54 per row with exact accumulation, the same error

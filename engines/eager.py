@@ -67,16 +67,29 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
     return module
 
 
+# Library settings every call of an engine runs under (engines.runtime.precision_settings), and their defaults. The
+# fast rungs give cuBLASLt no workspace: at the U-ViT's qkv and fc1 shapes its default picks GEMMs with a dynamic tile
+# scheduler, each after a memset of its counters; without workspace, statically scheduled ones (bench.matrix).
+LIBRARIES = {"cudnn_benchmark": False, "cublaslt_workspace": None}
+
+
+def libraries(opts: dict) -> dict:
+    return {name: opts[name] for name in LIBRARIES}
+
+
 def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -> tuple[nn.Module, dict]:
     """The module transforms the eager and inductor backends share; returns the module and what was applied."""
     from engines import fp8, fused
 
     defaults = {
-        "attention": "math", "groupnorm": "torch", "channels_last": False, "cudnn_benchmark": False,
+        "attention": "math", "groupnorm": "torch", "channels_last": False, **LIBRARIES,
         **{name: choices[0] for name, choices in fused.FUSIONS.items()},
         **{name: choices[0] for name, choices in fp8.OPTIONS.items()}, **EXTRA[backend],
     }  # fmt: skip
     opts = take_options(options, defaults, backend=backend)
+    workspace = opts["cublaslt_workspace"]
+    if workspace is not None and (isinstance(workspace, bool) or not isinstance(workspace, int) or workspace < 0):
+        raise ValueError(f"cublaslt_workspace is KiB of cuBLASLt workspace (0: none; None: torch's), not {workspace!r}")
     fp8_options = {name: opts.pop(name) for name in fp8.OPTIONS}
     fp8.check_options(**fp8_options)
     if precision != "fp8" and any(fp8_options[name] != choices[0] for name, choices in fp8.OPTIONS.items()):
@@ -104,7 +117,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     module, opts = prepare(marked, precision=precision, options=options, backend="eager")
     fn, seconds = finish(
         module, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph,
-        cudnn_benchmark=opts["cudnn_benchmark"],
+        **libraries(opts),
     )  # fmt: skip
     return fn, seconds, {"backend": "eager", **opts}
 
@@ -122,6 +135,6 @@ def build_autocast(marked, *, precision, device, example_inputs, cuda_graph, opt
 
     fn, seconds = finish(
         run, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph,
-        cudnn_benchmark=opts["cudnn_benchmark"],
+        **libraries(opts),
     )  # fmt: skip
     return fn, seconds, {"backend": "autocast", "autocast_dtype": precision, **opts}

@@ -9,7 +9,7 @@ from unittest import mock
 import torch
 
 from engines import BackendUnavailable, register_engine
-from engines.eager import prepare
+from engines.eager import libraries, prepare
 from engines.runtime import finish, under
 
 MODES = ("default", "max-autotune-no-cudagraphs")  # our own CUDA graphs replace Inductor's
@@ -62,18 +62,16 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
         reductions.install()
     compiled = torch.compile(module, backend="inductor", options=settings, dynamic=False)
     t0 = time.perf_counter()
-    bench = opts["cudnn_benchmark"]
+    library = libraries(opts)
     no_picks_file = {"TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE": "1"} if opts["multi_kernel"] else {}
     # The same settings patched around the first call as well: it is also where multi_kernel times its pairs, which
     # reads Inductor's config at run time, and this is how every engine measured before session 8 was built.
     with inductor_config.patch(settings), mock.patch.dict(os.environ, no_picks_file):
-        under(precision, compiled, cudnn_benchmark=bench)(**example_inputs)  # the first call compiles
+        under(precision, compiled, **library)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()
     compile_seconds = time.perf_counter() - t0
-    fn, seconds = finish(
-        compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, cudnn_benchmark=bench
-    )
+    fn, seconds = finish(compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, **library)
     return (
         fn,
         {"compile": compile_seconds, **seconds},

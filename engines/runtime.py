@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -21,22 +23,28 @@ def cast(module: nn.Module, precision: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def precision_settings(precision: str, *, cudnn_benchmark: bool = False) -> Iterator[None]:
+def precision_settings(
+    precision: str, *, cudnn_benchmark: bool = False, cublaslt_workspace: int | None = None
+) -> Iterator[None]:
     """fp32 engines run in strict IEEE fp32 (no TF32), like the reference they are compared with. `cudnn_benchmark`
     lets cuDNN time its convolution algorithms on first use of a shape and keep the fastest (off in the reference:
-    its choice may change the summation order between runs)."""
+    its choice may change the summation order between runs). `cublaslt_workspace`: the KiB of workspace cuBLASLt's
+    GEMMs may use (CUBLASLT_WORKSPACE_SIZE, which torch reads at every GEMM, so it holds for this engine's calls and,
+    in a CUDA graph, its capture); None keeps the process's. Both are process-wide while the engine runs."""
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cudnn_benchmark or saved
+    workspace = {} if cublaslt_workspace is None else {"CUBLASLT_WORKSPACE_SIZE": str(cublaslt_workspace)}
     try:
-        with strict_fp32() if precision == "fp32" else contextlib.nullcontext():
+        with strict_fp32() if precision == "fp32" else contextlib.nullcontext(), mock.patch.dict(os.environ, workspace):
             yield
     finally:
         torch.backends.cudnn.benchmark = saved
 
 
-def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False) -> Fn:
+def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False, cublaslt_workspace: int | None = None) -> Fn:
     def run(**inputs: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad(), precision_settings(precision, cudnn_benchmark=cudnn_benchmark):
+        settings = precision_settings(precision, cudnn_benchmark=cudnn_benchmark, cublaslt_workspace=cublaslt_workspace)
+        with torch.no_grad(), settings:
             return fn(**inputs)
 
     return run
@@ -97,15 +105,17 @@ def finish(
     example_inputs: dict[str, Tensor],
     cuda_graph: bool,
     cudnn_benchmark: bool = False,
+    cublaslt_workspace: int | None = None,
     warmup: int = 3,
 ) -> tuple[Fn, dict[str, float]]:
     """Wrap `fn` in its precision settings and, if asked, a CUDA graph captured after `warmup` side-stream calls;
     returns it with the capture seconds."""
-    fn = under(precision, fn, cudnn_benchmark=cudnn_benchmark)
+    settings = {"cudnn_benchmark": cudnn_benchmark, "cublaslt_workspace": cublaslt_workspace}
+    fn = under(precision, fn, **settings)
     if not cuda_graph:
         return fn, {}
     t0 = time.perf_counter()
-    with torch.no_grad(), precision_settings(precision, cudnn_benchmark=cudnn_benchmark):
+    with torch.no_grad(), precision_settings(precision, **settings):
         graphed = Graphed(fn, example_inputs, warmup=warmup)
     return graphed, {"capture": time.perf_counter() - t0}
 

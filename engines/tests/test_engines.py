@@ -42,10 +42,13 @@ def cpu_models():
         (dict(backend="inductor", persistent_rows=True), ValueError, "persistent_rows is a row length .*, not True"),
         (dict(backend="inductor", persistent_rows=2048, persistent_reductions=False), ValueError,
          "persistent_reductions=False forbids it"),
+        (dict(cublaslt_workspace=-1), ValueError, "cublaslt_workspace is KiB of cuBLASLt workspace .*, not -1"),
+        (dict(cublaslt_workspace="none"), ValueError, "cublaslt_workspace is KiB .*, not 'none'"),
     ],
     ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "fp16-cpu", "trt",
          "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit", "reductions",
-         "multi-kernel", "multi-kernel-eager", "persistent-rows", "persistent-rows-forbidden"],
+         "multi-kernel", "multi-kernel-eager", "persistent-rows", "persistent-rows-forbidden", "workspace",
+         "workspace-str"],
 )  # fmt: skip
 def test_impossible_requests_get_clear_errors(cpu_models, kwargs, error, message):
     kw = {"component": "uvit", **kwargs}
@@ -256,3 +259,39 @@ def test_engines_that_differ_in_inductor_settings_alone_compile_apart(cpu_models
         torch._dynamo.reset()
         build_engine("uvit", cpu_models, backend="inductor", persistent_rows=2048)
         assert (counters["inductor"]["fxgraph_cache_miss"], counters["inductor"]["fxgraph_cache_hit"]) == (2, 1)
+
+
+def test_cublaslt_workspace_is_set_while_the_engine_runs_and_restored(cpu_models, monkeypatch):
+    import copy
+    import os
+
+    monkeypatch.setenv("CUBLASLT_WORKSPACE_SIZE", "4096")  # the user's own setting
+    seen = []
+    clip = copy.deepcopy(component_module("clip", cpu_models))
+    clip.register_forward_hook(lambda *_: seen.append(os.environ["CUBLASLT_WORKSPACE_SIZE"]))  # read inside a call
+    inputs = example_inputs("clip", cpu_models.config, device="cpu")
+    engine = build_engine("clip", cpu_models, module=clip, cublaslt_workspace=0)
+    engine(**inputs)
+    assert seen == ["0"] and os.environ["CUBLASLT_WORKSPACE_SIZE"] == "4096" and engine.meta["cublaslt_workspace"] == 0
+    build_engine("clip", cpu_models, module=clip)(**inputs)
+    assert seen == ["0", "4096"]
+
+
+@gpu
+def test_cublaslt_without_workspace_runs_the_qkv_gemm_without_a_memset():
+    """torch reads CUBLASLT_WORKSPACE_SIZE at every GEMM (torch 2.11): the option reaches cuBLASLt, whose GEMM at the
+    U-ViT's qkv shape then needs no zeroed tile counters. Were torch to read it once per process, this would fail."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engines.runtime import precision_settings
+
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
+        pytest.skip("needs a GPU with FP8 tensor cores (compute capability 8.9 or newer)")
+    a = torch.randn(2210, 1536, device="cuda").to(torch.float8_e4m3fn)
+    w = torch.randn(4608, 1536, device="cuda").to(torch.float8_e4m3fn)
+    rows, cols = torch.ones(2210, 1, device="cuda"), torch.ones(1, 4608, device="cuda")
+    with precision_settings("fp8", cublaslt_workspace=0), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch._scaled_mm(a, w.t(), scale_a=rows, scale_b=cols, out_dtype=torch.half, use_fast_accum=True)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert kernels and not any("memset" in k.lower() for k in kernels), kernels
