@@ -188,9 +188,10 @@ class NormQuantize(uv.LayerNorm):
 
 
 class Fp8Block(uv.Block):
-    """The block with NormQuantize norms: takes and returns (activation, Quantized input of the next block's first
-    linear), so that no activation is read a second time to be quantised. An out-block's first linear, skip_linear,
-    reads cat([x, skip]): the block before quantises its output with that skip (`next_skip`) as one row."""
+    """The block with NormQuantize norms. Takes (activation, the input of its first linear quantised) and returns the
+    same pair for the block after it, so that no activation is read a second time to be quantised. An out-block's
+    first linear, skip_linear, reads cat([x, skip]): the block before quantises its output with that skip
+    (`next_skip`) as one row."""
 
     def forward(self, h: tuple[Tensor, Quantized], next_skip: Tensor | None = None) -> tuple[Tensor, Quantized]:
         x, xq = h  # x (B, L, D); xq: x, or cat([x, skip]) for an out-block, quantised

@@ -6,7 +6,6 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -33,12 +32,30 @@ def precision_settings(
     in a CUDA graph, its capture); None keeps the process's. Both are process-wide while the engine runs."""
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cudnn_benchmark or saved
-    workspace = {} if cublaslt_workspace is None else {"CUBLASLT_WORKSPACE_SIZE": str(cublaslt_workspace)}
+    workspace = environ("CUBLASLT_WORKSPACE_SIZE", None if cublaslt_workspace is None else str(cublaslt_workspace))
     try:
-        with strict_fp32() if precision == "fp32" else contextlib.nullcontext(), mock.patch.dict(os.environ, workspace):
+        with strict_fp32() if precision == "fp32" else contextlib.nullcontext(), workspace:
             yield
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+@contextlib.contextmanager
+def environ(name: str, value: str | None) -> Iterator[None]:
+    """os.environ[name] = value while the block runs (None: left alone), then what it was. Not mock.patch.dict, which
+    rewrites the whole environment on exit: an engine call that is not graphed pays this on every call."""
+    if value is None:
+        yield
+        return
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False, cublaslt_workspace: int | None = None) -> Fn:

@@ -275,6 +275,9 @@ def test_cublaslt_workspace_is_set_while_the_engine_runs_and_restored(cpu_models
     assert seen == ["0"] and os.environ["CUBLASLT_WORKSPACE_SIZE"] == "4096" and engine.meta["cublaslt_workspace"] == 0
     build_engine("clip", cpu_models, module=clip)(**inputs)
     assert seen == ["0", "4096"]
+    monkeypatch.delenv("CUBLASLT_WORKSPACE_SIZE")  # unset before: unset after
+    engine(**inputs)
+    assert seen[-1] == "0" and "CUBLASLT_WORKSPACE_SIZE" not in os.environ
 
 
 @gpu
