@@ -87,6 +87,12 @@ class Quantized(NamedTuple):
     def shape(self) -> torch.Size:
         return self.q.shape
 
+    @classmethod
+    def rows_of(cls, q: Tensor, scale: Tensor, x: Tensor) -> Quantized:
+        """A kernel's rows, q (M, K) and scale (M, 1), given x's leading dimensions and its dtype."""
+        lead = x.shape[:-1]
+        return cls(q.view(*lead, q.shape[-1]), scale.view(*lead, 1), x.dtype)
+
 
 class Fp8Linear(nn.Module):
     """Drop-in for nn.Linear: y = (x/sx)(W/sw)^T * sx * sw + b, computed by torch._scaled_mm. With `gelu` "erf" or
@@ -183,8 +189,7 @@ class NormQuantize(uv.LayerNorm):
         out, q, scale = torch.ops.unidiffuser.add_layernorm_quantize(
             rows(x), rows(y), self.weight, self.bias, self.eps, rows(extra)
         )  # fmt: skip
-        lead = x.shape[:-1]
-        return out.view(x.shape), Quantized(q.view(*lead, -1), scale.view(*lead, 1), x.dtype)
+        return out.view(x.shape), Quantized.rows_of(q, scale, x)
 
 
 class Fp8Block(uv.Block):
@@ -206,8 +211,7 @@ class Fp8UViT(uv.UViT):
 
     def blocks(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
         # our kernel: Inductor fused this row maximum into the embeddings' concatenation, a looped reduction of 37 us
-        q, scale = torch.ops.unidiffuser.quantize_rows(x.reshape(-1, x.shape[-1]), "none")
-        h = (x, Quantized(q.view(x.shape), scale.view(*x.shape[:-1], 1), x.dtype))
+        h = (x, Quantized.rows_of(*torch.ops.unidiffuser.quantize_rows(x.reshape(-1, x.shape[-1]), "none"), x))
         skips = []
         for blk in self.in_blocks:
             h = blk(h)
