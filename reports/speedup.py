@@ -39,10 +39,31 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
         for b in data["benchmarks"]:
             info = dict(b.get("extra_info", {}))
             row = {"name": b["name"], "group": b.get("group"), "wall_median_ms": b["stats"]["median"] * 1e3, **info}
-            rows.append(row)
-    df = pd.DataFrame(rows).drop_duplicates("name", keep="last")
+            rows.append({**row, "file": Path(path).name})
+    every = pd.DataFrame(rows)
+    df = every.drop_duplicates("name", keep="last")
     df.attrs["runs"] = pd.DataFrame(runs)  # which file (date, commit) each part of the report comes from
+    df.attrs["rebuilds"] = rebuilds(every)
     return df, machine or {}
+
+
+def rebuilds(every: pd.DataFrame) -> pd.DataFrame:
+    """Component engines timed in more than one file, each file's a separate build of the engine: the spread of
+    their medians. Inductor autotunes its kernels' launch configurations when a build first runs them, so two builds
+    of the same code can run at different speeds."""
+    comp = every[every["group"].isin(["clip", "uvit", "decoder"])] if "group" in every else every.iloc[:0]
+    if "p50_ms" in comp:
+        comp = comp[comp["p50_ms"].notna()]
+    many = comp[comp.duplicated("name", keep=False)]
+    if many.empty:
+        return pd.DataFrame()
+    by = many.groupby("case", sort=False)["p50_ms"]
+    out = pd.DataFrame({"builds": by.count(), "min ms": by.min(), "median ms": by.median(), "max ms": by.max()})
+    out["max / min"] = out["max ms"] / out["min ms"]
+    out["p50 ms by file, in the order given (the last is the one used above)"] = many.groupby("case", sort=False)[
+        ["p50_ms", "file"]
+    ].apply(lambda g: ", ".join(f"{p:.3f} ({f})" for p, f in zip(g["p50_ms"], g["file"], strict=True)))
+    return out
 
 
 def _component_ms(df: pd.DataFrame) -> dict[str, float]:
@@ -232,6 +253,15 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also:
             "## GPU clocks while timed\n\nSampled by nvidia-smi every 50 ms during each benchmark's rounds: a time "
             "that moves between runs with the clock moved with the GPU, not with the code. The environment header's "
             "`sm_clock` is one reading taken before any work.\n\n" + sampled.to_markdown(floatfmt=".0f") + "\n"
+        )
+    repeated = df.attrs.get("rebuilds", pd.DataFrame())
+    if len(repeated):
+        parts.append(
+            "## The same engine in separate builds\n\nEngines timed in more than one run, each run a new process "
+            "that built the engine anew: Inductor autotunes its kernels' launch configurations on their first call, "
+            "and its picks differ from build to build. The tables above take the last run given.\n\n"
+            + repeated.to_markdown(floatfmt=".3f")
+            + "\n"
         )
     if "runs" in df.attrs:
         parts.append("## Runs merged\n\n" + df.attrs["runs"].to_markdown(index=False) + "\n")

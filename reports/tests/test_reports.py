@@ -130,3 +130,29 @@ def test_clocks_are_listed_for_the_runs_that_sampled_them():
     assert list(table.index) == ["test_component[uvit]"] and table.loc["test_component[uvit]", "power_w_p50"] == 690
     assert clocks(pd.DataFrame(rows[2:])).empty
     assert clocks(pd.DataFrame(rows[1:])).empty  # a CPU run: samples counted, none taken
+
+
+def test_an_engine_timed_in_several_builds_shows_their_spread(tmp_path):
+    import json
+
+    from reports.speedup import load_runs
+
+    def run(name: str, decoder_ms: float) -> Path:
+        benchmarks = [
+            {"name": "test_component[decoder-x]", "group": "decoder", "stats": {"median": decoder_ms / 1e3},
+             "extra_info": {"case": "decoder-x", "p50_ms": decoder_ms}},
+            {"name": f"test_component[clip-{name}]", "group": "clip", "stats": {"median": 1e-3},
+             "extra_info": {"case": f"clip-{name}", "p50_ms": 1.0}},
+        ]  # fmt: skip
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks}))
+        return path
+
+    df, _ = load_runs([run("first", 5.7), run("second", 5.2), run("third", 5.3)])
+    spread = df.attrs["rebuilds"]
+    assert list(spread.index) == ["decoder-x"]  # the clip cases differ by name: one build each
+    row = spread.loc["decoder-x"]
+    assert (row["builds"], row["min ms"], row["median ms"], row["max ms"]) == (3, 5.2, 5.3, 5.7)
+    assert row.iloc[-1] == "5.700 (first.json), 5.200 (second.json), 5.300 (third.json)"
+    assert df.set_index("case").loc["decoder-x", "p50_ms"] == 5.3  # the last file's
+    assert load_runs([run("alone", 5.0)])[0].attrs["rebuilds"].empty
