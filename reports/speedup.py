@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.ladder import BASELINE, LADDER
+from engines.components import COMPONENTS
 from reports.common import check_writable, env_header
 
 ROWS = {"clip": "clip + encode_prefix", "uvit": "uvit (one guided step)", "decoder": "decoder", "pipeline": "pipeline"}
@@ -51,7 +52,7 @@ def rebuilds(every: pd.DataFrame) -> pd.DataFrame:
     """Component engines timed in more than one file, each file's a separate build of the engine: the spread of
     their medians. Inductor autotunes its kernels' launch configurations when a build first runs them, so two builds
     of the same code can run at different speeds."""
-    comp = every[every["group"].isin(["clip", "uvit", "decoder"])] if "group" in every else every.iloc[:0]
+    comp = every[every["group"].isin(COMPONENTS)]
     if "p50_ms" in comp:
         comp = comp[comp["p50_ms"].notna()]
     many = comp[comp.duplicated("name", keep=False)]
@@ -67,7 +68,7 @@ def rebuilds(every: pd.DataFrame) -> pd.DataFrame:
 
 
 def _component_ms(df: pd.DataFrame) -> dict[str, float]:
-    comp = df[df["group"].isin(["clip", "uvit", "decoder"])]
+    comp = df[df["group"].isin(COMPONENTS)]
     return dict(zip(comp["case"], comp["p50_ms"], strict=True))
 
 
@@ -83,8 +84,8 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
         table[rung.label] = col
     out = pd.DataFrame(table).reindex(list(ROWS))
     best, best_name = {}, {}
-    comp = df[df["group"].isin(["clip", "uvit", "decoder"])]
-    for c in ("clip", "uvit", "decoder"):
+    comp = df[df["group"].isin(COMPONENTS)]
+    for c in COMPONENTS:
         g = comp[comp["component"] == c]
         if len(g):
             i = g["p50_ms"].idxmin()
@@ -169,7 +170,7 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
 def build_seconds(df: pd.DataFrame) -> pd.DataFrame:
     """Build, compile and capture seconds of each component engine, in the order they were built (a build that
     reuses an earlier compile of the same graph in the process shows ~0 compile seconds)."""
-    comp = df[df["group"].isin(["clip", "uvit", "decoder"])]
+    comp = df[df["group"].isin(COMPONENTS)]
     cols = [c for c in ("build_s", "compile_s", "capture_s", "export_s", "trt_build_s") if c in comp]
     return comp.set_index("case")[cols]
 
