@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
-from unittest import mock
 
 import torch
 
 from engines import BackendUnavailable, register_engine
 from engines.eager import libraries, prepare
-from engines.runtime import finish, under
+from engines.runtime import environ, finish, under
 
 MODES = ("default", "max-autotune-no-cudagraphs")  # our own CUDA graphs replace Inductor's
 RECOMPILE_LIMIT = 512
@@ -63,10 +61,10 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     compiled = torch.compile(module, backend="inductor", options=settings, dynamic=False)
     t0 = time.perf_counter()
     library = libraries(opts)
-    no_picks_file = {"TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE": "1"} if opts["multi_kernel"] else {}
+    no_picks_file = environ("TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE", "1" if opts["multi_kernel"] else None)
     # The same settings patched around the first call as well: it is also where multi_kernel times its pairs, which
     # reads Inductor's config at run time, and this is how every engine measured before session 8 was built.
-    with inductor_config.patch(settings), mock.patch.dict(os.environ, no_picks_file):
+    with inductor_config.patch(settings), no_picks_file:
         under(precision, compiled, **library)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()
