@@ -45,6 +45,8 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
     df = every.drop_duplicates("name", keep="last")
     df.attrs["runs"] = pd.DataFrame(runs)  # which file (date, commit) each part of the report comes from
     df.attrs["rebuilds"] = rebuilds(every)
+    # every build run, not only the last: a build's seconds depend on the host's CPU, which changes between leases
+    df.attrs["builds"] = every[every["group"] == "build"]
     return df, machine or {}
 
 
@@ -153,7 +155,8 @@ BUILD_TARGETS = {"fresh": 120.0, "warm": 15.0}  # issue 6: seconds to build ever
 
 
 def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
-    """bench/bench_build.py: a rung's engines built in a new process on an empty compile cache and on a warm one."""
+    """bench/bench_build.py: a rung's engines built in a new process on an empty compile cache and on a warm one; a
+    row per run, labelled with its file where the rows carry one."""
     runs = df[df["group"] == "build"]
     if not len(runs):
         return pd.DataFrame()
@@ -163,7 +166,8 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
     out = runs.set_index(["rung", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
     out.insert(1, "target_s", [BUILD_TARGETS.get(c, float("nan")) for _, c in out.index])
     out.insert(2, "met", (out["build_s"] <= out["target_s"]).map({True: "yes", False: "no"}))
-    out.index = [f"{r}, {c} caches" for r, c in out.index]
+    files = runs["file"] if "file" in runs else [None] * len(runs)
+    out.index = [f"{r}, {c} caches" + (f" ({f})" if f else "") for (r, c), f in zip(out.index, files, strict=True)]
     return out
 
 
@@ -237,7 +241,7 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also:
         + build_seconds(df).map(lambda v: "-" if pd.isna(v) else f"{v:.1f}").to_markdown()
         + "\n"
     )
-    caches = build_from_caches(df)
+    caches = build_from_caches(df.attrs.get("builds", df))
     if len(caches):
         parts.append(
             "## Building the fastest rung: fresh machine and warm caches\n\nEvery engine of the rung built in a new "
@@ -246,7 +250,10 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also:
             "(a sampler's `step_*` is its U-ViT step). fxgraph hits and misses: the compiled graphs served from the "
             "cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
             "cache folder: a fresh run compiles torch's sources, a warm one reads them; bench/build.py, "
-            "`process_env`).\n\n" + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f") + "\n"
+            "`process_env`). Every run given is listed, each with its file: the host's CPU, which differs from "
+            "lease to lease, sets much of a build's time.\n\n"
+            + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f")
+            + "\n"
         )
     sampled = clocks(df)
     if len(sampled):

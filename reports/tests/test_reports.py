@@ -156,3 +156,27 @@ def test_an_engine_timed_in_several_builds_shows_their_spread(tmp_path):
     assert row.iloc[-1] == "5.700 (first.json), 5.200 (second.json), 5.300 (third.json)"
     assert df.set_index("case").loc["decoder-x", "p50_ms"] == 5.3  # the last file's
     assert load_runs([run("alone", 5.0)])[0].attrs["rebuilds"].empty
+
+
+def test_every_build_run_is_listed_with_its_file(tmp_path):
+    import json
+
+    from reports.speedup import build_from_caches, load_runs
+
+    def run(name: str, warm_s: float) -> Path:
+        benchmarks = [
+            {"name": f"test_build[fast-{c}]", "group": "build", "stats": {"median": s},
+             "extra_info": {"rung": "fast", "caches": c, "build_s": s, "fxgraph_cache_hit": int(c == "warm"),
+                            "fxgraph_cache_miss": int(c == "fresh")}}
+            for c, s in (("fresh", 80.0), ("warm", warm_s))
+        ]  # fmt: skip
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks}))
+        return path
+
+    df, _ = load_runs([run("one", 16.5), run("two", 14.0)])
+    table = build_from_caches(df.attrs["builds"])
+    assert list(table.index) == ["fast, fresh caches (one.json)", "fast, warm caches (one.json)",
+                                 "fast, fresh caches (two.json)", "fast, warm caches (two.json)"]  # fmt: skip
+    assert list(table["met"]) == ["yes", "no", "yes", "yes"]
+    assert len(build_from_caches(df)) == 2  # the merged rows keep the last run of each
