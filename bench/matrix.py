@@ -41,7 +41,7 @@ WORKSPACE = (("cublaslt_workspace", 0),)
 FAST_OPTIONS = {
     "clip": (("qkv", "stacked"), ("attention", "triton")) + WORKSPACE,
     "uvit": WORKSPACE,
-    "decoder": (("groupnorm", "split"), ("channels_last", True), ("upsample", "subpixel"), ("conv_out", "taps"))
+    "decoder": (("groupnorm", "stats"), ("channels_last", True), ("upsample", "subpixel"), ("conv_out", "taps"))
     + WORKSPACE,
 }
 # fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
@@ -112,6 +112,7 @@ class Matrix:
                             continue
                         if c == "decoder":  # each GroupNorm rewrite's effect on its own
                             out += [EngineSpec(c, b, p, g, (("groupnorm", k),)) for k in ("triton", "split")]
+                            out.append(EngineSpec(c, b, p, g, (("groupnorm", "stats"), ("channels_last", True))))
                         if b == "inductor":  # the fast rung's builds (bench.ladder), per layer
                             out.append(EngineSpec(c, b, p, g, fast_options(c, p)))
         return out

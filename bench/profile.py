@@ -27,11 +27,12 @@ KINDS = (
     (
         "norm / reduction (triton)",
         re.compile(
-            r"^triton_(red|per)_|^_(partial_stats|merge_stats|merge_cells|normalize|quantize_rows|add_layernorm_quantize)$",
+            r"^triton_(red|per)_|^_(partial_stats|merge_stats|merge_cells|cell_stats|normalize|quantize_rows|"
+            r"add_layernorm_quantize)$",
             re.I,
         ),
     ),
-    ("pointwise (triton)", re.compile(r"^triton_", re.I)),
+    ("pointwise (triton)", re.compile(r"^triton_|^_normalize_rows$", re.I)),
     ("convolution", re.compile(r"conv|fprop|dgrad|implicit|winograd", re.I)),
     ("gemm", re.compile(r"gemm|cutlass|nvjet|xmma|matmul|_mm_|splitk|sm90_", re.I)),
     ("norm / reduction (triton)", re.compile(r"group_norm|layer_norm", re.I)),

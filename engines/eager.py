@@ -10,16 +10,22 @@ from engines import register_engine
 from engines.runtime import cast, finish, swap_children, take_options
 from reference import autoencoder as ae
 
-GROUPNORM = ("torch", "triton", "split")
+GROUPNORM = ("torch", "triton", "split", "stats")
 
 
 def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
     """Keep the reference GroupNorm layers (`torch`), replace them by our Triton kernel (`triton`), or reduce their
-    statistics in two stages for Inductor (`split`: engines.fused.SplitGroupNorm, same parameters and hooks)."""
+    statistics in two stages for Inductor (`split`: engines.fused.SplitGroupNorm, same parameters and hooks), or
+    take them from our Triton kernels, fused with the residual blocks' bias and residual adds (`stats`:
+    engines.fused.swap_stats; channels_last)."""
     if kernel not in GROUPNORM:
         raise ValueError(f"unknown groupnorm kernel {kernel!r}; choose from {list(GROUPNORM)}")
     if kernel == "torch":
         return module
+    if kernel == "stats":
+        from engines.fused import swap_stats
+
+        return swap_stats(module)
     if kernel == "split":
         from engines.fused import SplitGroupNorm
 
@@ -102,6 +108,8 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     set_attention(module, opts["attention"])
     if precision == "fp8":
         opts.update(fp8_options, fp8_linears=fp8.swap_linears(module, **fp8_options))
+    if opts["groupnorm"] == "stats" and not opts["channels_last"]:
+        raise ValueError("groupnorm=stats reads channels_last tensors: add channels_last=True")
     swap_groupnorm(module, opts["groupnorm"])
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)

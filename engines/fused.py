@@ -13,7 +13,9 @@ suite shows what each costs.
                    contributions and a shifted sum of those (TapConv): cuDNN runs a 3-channel conv as a padded implicit
                    GEMM several times slower than a read of its input.
 
-`SplitGroupNorm` (`groupnorm=split`, engines.eager.swap_groupnorm) is the decoder's GroupNorm written for Inductor.
+`SplitGroupNorm` (`groupnorm=split`, engines.eager.swap_groupnorm) is the decoder's GroupNorm written for Inductor;
+`groupnorm=stats` (`swap_stats`) gives its statistics to our Triton kernels and restructures the residual blocks
+around them.
 """
 
 from __future__ import annotations
@@ -166,6 +168,101 @@ def merge(mean: Tensor, var: Tensor, groups: int, eps: float) -> tuple[Tensor, T
     group_mean = cells(mean).mean(-1)
     group_var = cells(var).mean(-1) + (cells(mean) - group_mean[..., None]).square().mean(-1)
     return group_mean, torch.rsqrt(group_var + eps)
+
+
+class StatsGroupNorm(ae.GroupNorm):
+    """The reference GroupNorm of x (+ the per-channel bias of the conv before, which ran without it) as two kernels of
+    ours (plugin.groupstats, fixed launch configurations: Inductor's reductions and normalisations ran at 60-80% of a
+    copy's bandwidth and got different launch configurations from build to build): the statistics, unless the block
+    before handed them in, then the normalisation, SiLU included if asked. In torch off the GPU."""
+
+    def forward(self, x: Tensor, bias: Tensor | None = None, stats: tuple[Tensor, Tensor] | None = None,
+                silu: bool = False) -> Tensor:  # fmt: skip
+        N, C, H, W = x.shape  # -> (N, C, H, W), x's dtype and memory format
+        mean, rstd = stats if stats is not None else group_stats(x, bias, None, self.num_groups, self.eps)[1:]
+        if x.is_cuda:
+            from plugin.groupstats import group_norm_apply
+
+            return group_norm_apply(x, bias, mean, rstd, self.weight, self.bias, silu)
+        mean_c, rstd_c = (t.repeat_interleave(C // self.num_groups, dim=1)[:, :, None, None] for t in (mean, rstd))
+        v = x.float() if bias is None else x.float() + bias.float()[:, None, None]
+        w, b = self.weight.float()[:, None, None], self.bias.float()[:, None, None]
+        y = ((v - mean_c) * (rstd_c * w) + b).to(x.dtype)
+        return F.silu(y) if silu else y
+
+    def then_silu(self, x: Tensor, bias: Tensor | None = None, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """SiLU(self(x)), in the normalisation's kernel; a mark on the norm sees its own output, the SiLU after it."""
+        if self._forward_hooks:
+            return F.silu(self(x, bias, stats))
+        return self(x, bias, stats, silu=True)
+
+
+class StatsResnetBlock(ae.ResnetBlock):
+    """The reference block with its convolutions run without bias: conv1's is added where norm2 reads its output, and
+    conv2's and nin_shortcut's by the kernel that writes the block's output and, in the same pass, the statistics of
+    the next GroupNorm (all the decoder's GroupNorms have 32 groups and eps 1e-6). Takes and returns (x, its group
+    statistics or None); the output tuple is marked by its first tensor, the block's output."""
+
+    def forward(self, x: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h = F.conv2d(self.norm1.then_silu(x, stats=stats), self.conv1.weight, padding=1)  # (B, Cout, H, W)
+        h = F.conv2d(self.norm2.then_silu(h, bias=self.conv1.bias), self.conv2.weight, padding=1)
+        bias, residual = self.conv2.bias, x
+        if self.nin_shortcut is not None:
+            bias, residual = bias + self.nin_shortcut.bias, F.conv2d(x, self.nin_shortcut.weight)
+        out, mean, rstd = group_stats(h, bias, residual, self.norm2.num_groups, self.norm2.eps)
+        return out, (mean, rstd)
+
+
+class StatsDecoder(ae.Decoder):
+    """The reference decoder passing each residual block's output statistics on to the GroupNorm that reads it."""
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, 4, 64, 64) -> (B, 3, 512, 512)
+        h, stats = self.mid.block_1(self.conv_in(z))
+        h, stats = self.mid.block_2(self.mid.attn_1(h))
+        for i_level in reversed(range(len(self.up))):
+            for block in self.up[i_level].block:
+                h, stats = block(h, stats)
+            if i_level != 0:
+                h, stats = self.up[i_level].upsample(h), None
+        return self.conv_out(self.norm_out.then_silu(h, stats=stats))
+
+
+def swap_stats(module: nn.Module) -> nn.Module:
+    """groupnorm=stats on every decoder in `module`; a conv it runs without its module (conv1, conv2, nin_shortcut of
+    a residual block) cannot carry a mark."""
+    for m in module.modules():
+        if type(m) is ae.ResnetBlock:
+            convs = {"conv1": m.conv1, "conv2": m.conv2, "nin_shortcut": m.nin_shortcut}
+            hooked = [name for name, conv in convs.items() if conv is not None and conv._forward_hooks]
+            if hooked:
+                raise ValueError(
+                    f"groupnorm=stats runs a residual block's {hooked} without their modules, so they cannot be "
+                    "marked: mark the block or its norms, or build with another groupnorm"
+                )
+            m.__class__ = StatsResnetBlock
+        elif type(m) is ae.GroupNorm:
+            m.__class__ = StatsGroupNorm
+        elif type(m) is ae.Decoder:
+            m.__class__ = StatsDecoder
+    return module
+
+
+def group_stats(
+    x: Tensor, bias: Tensor | None, residual: Tensor | None, groups: int, eps: float
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(x + bias + residual in x's dtype, or None without a residual; each group's mean and 1/std of it, (N, G) fp32):
+    plugin.groupnorm's kernels on the GPU, the same in torch elsewhere."""
+    if x.is_cuda:
+        from plugin import groupstats
+
+        if residual is None:
+            return None, *groupstats.group_stats(x, bias, groups, eps)
+        return groupstats.add_group_stats(x, bias, residual, groups, eps)
+    v = x.float() if bias is None else x.float() + bias.float()[:, None, None]
+    out = (v + residual.float()).to(x.dtype) if residual is not None else None
+    v = out.float() if out is not None else v
+    var, mean = torch.var_mean(v.reshape(v.shape[0], groups, -1), dim=-1, correction=0)
+    return out, mean, torch.rsqrt(var + eps)
 
 
 def chunks(n: int, want: int) -> int:

@@ -5,6 +5,8 @@ graphs capture its launches. Three steps, no host synchronisation:
   1. `_partial_stats`: one program per (sample, group, chunk of pixels) writes the chunk's mean and M2 (fp32);
   2. `_merge_stats`: one program per group merges its chunks' statistics in fp32 (Chan's parallel formula);
   3. `_normalize`: the same tiling applies (x - mean) * rstd * weight + bias, then SiLU if asked.
+`merge_cells` merges per-channel statistics of cells into groups (engines.fused.SplitGroupNorm's second stage);
+plugin.groupstats splits a GroupNorm differently, for channels_last tensors.
 Each group holds C/G channels (4 to 16 in the SD decoder) times H*W pixels, up to a million elements at 512x512, so
 splitting groups into chunks is what fills the GPU: a program per group would leave most SMs idle.
 Imports nothing of the project.

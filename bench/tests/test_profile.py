@@ -22,6 +22,8 @@ from bench.profile import by_kind, copy_bandwidth, kind_of, traffic_line, triton
         ("triton_tem_fused_addmm_gelu_2", "gemm"),
         ("_partial_stats", "norm / reduction (triton)"),  # plugin.groupnorm's kernels
         ("_merge_cells", "norm / reduction (triton)"),
+        ("_cell_stats", "norm / reduction (triton)"),  # plugin.groupstats's kernels
+        ("_normalize_rows", "pointwise (triton)"),
         ("_quantize_rows", "norm / reduction (triton)"),  # plugin.fp8's kernels
         ("_add_layernorm_quantize", "norm / reduction (triton)"),
         ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other elementwise"),
