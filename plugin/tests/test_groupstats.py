@@ -89,5 +89,29 @@ def test_apply_names_bad_input(kernel_device):
         group_norm_apply(x, None, stats, stats, ones[:32], ones, True)
 
 
+def test_statistics_are_the_same_call_after_call_and_in_a_cuda_graph(kernel_device):
+    """The last program of each channel block merges the cells and resets its counter: a counter left behind would
+    make the next call merge too early, and a graph replay would show it."""
+    from plugin.groupstats import add_group_stats
+
+    g = torch.Generator().manual_seed(1)
+    x, r = (torch.randn(2, 256, 32, 32, generator=g).to(kernel_device).contiguous(memory_format=torch.channels_last)
+            for _ in range(2))  # fmt: skip
+    bias = torch.randn(256, generator=g).to(kernel_device)
+    first = add_group_stats(x, bias, r, 32, 1e-6)
+    for _ in range(3):
+        for a, b in zip(first, add_group_stats(x, bias, r, 32, 1e-6), strict=True):
+            assert torch.equal(a, b)
+    if kernel_device != "cuda":
+        return
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = add_group_stats(x, bias, r, 32, 1e-6)
+    for _ in range(3):
+        graph.replay()
+        for a, b in zip(first, captured, strict=True):
+            assert torch.equal(a, b)
+
+
 def test_kernels_through_the_interpreter():
     rerun_under_interpreter(__file__)
