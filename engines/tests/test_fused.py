@@ -104,6 +104,7 @@ def test_unknown_fusions_are_named(models, option, value):
         ("decoder", {"groupnorm": "split", "channels_last": True}),
         ("decoder", {"upsample": "subpixel", "channels_last": True}),
         ("decoder", {"conv_out": "taps", "channels_last": True}),
+        ("decoder", {"groupnorm": "stats", "channels_last": True}),
     ],
 )
 def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
@@ -208,3 +209,31 @@ def test_tap_conv_decoder_engine_keeps_the_marks_on_the_cpu(models):
         channels_last=True, upsample="subpixel", groupnorm="split",
     )  # fmt: skip
     assert compiled.meta["conv_out"] == "taps"
+
+
+def test_stats_groupnorm_decoder_engine_keeps_the_marks_on_the_cpu(models):
+    """On the CPU the statistics and the normalisation run in torch; the restructured blocks (convs without their bias,
+    the residual add in the statistics pass, statistics handed on) must still give every mark the reference's value."""
+    for backend in ("eager", "inductor"):
+        engine = engine_against_eager(
+            models, "decoder", bound=1e-5, device=torch.device("cpu"), backend=backend, groupnorm="stats",
+            channels_last=True, upsample="subpixel", conv_out="taps",
+        )  # fmt: skip
+        assert engine.meta["groupnorm"] == "stats"
+    inputs = example_inputs("decoder", models.config, device="cpu")
+    want = build_engine("decoder", models).output(**inputs)
+    unmarked = build_engine("decoder", models, groupnorm="stats", channels_last=True)  # SiLU inside the norms
+    torch.testing.assert_close(unmarked.output(**inputs), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, marks, problem",
+    [
+        ({"channels_last": True}, ("decoder.up.0.block.1.conv1",), r"\['conv1'\] without their modules"),
+        ({"channels_last": True}, ("decoder.up.1.block.0.nin_shortcut",), r"\['nin_shortcut'\]"),
+        ({}, (), "add channels_last=True"),
+    ],
+)
+def test_stats_groupnorm_refuses_what_it_cannot_keep(models, options, marks, problem):
+    with pytest.raises(ValueError, match=problem):
+        build_engine("decoder", models, marks=marks, groupnorm="stats", **options)

@@ -132,7 +132,7 @@ def test_clocks_are_listed_for_the_runs_that_sampled_them():
     assert clocks(pd.DataFrame(rows[1:])).empty  # a CPU run: samples counted, none taken
 
 
-def test_an_engine_timed_in_several_builds_shows_their_spread(tmp_path):
+def test_an_engine_timed_in_several_builds_shows_their_spread_and_median(tmp_path):
     import json
 
     from reports.speedup import load_runs
@@ -148,13 +148,14 @@ def test_an_engine_timed_in_several_builds_shows_their_spread(tmp_path):
         path.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks}))
         return path
 
-    df, _ = load_runs([run("first", 5.7), run("second", 5.2), run("third", 5.3)])
+    df, _ = load_runs([run("first", 5.7), run("second", 5.3), run("third", 5.2)])
     spread = df.attrs["rebuilds"]
     assert list(spread.index) == ["decoder-x"]  # the clip cases differ by name: one build each
     row = spread.loc["decoder-x"]
     assert (row["builds"], row["min ms"], row["median ms"], row["max ms"]) == (3, 5.2, 5.3, 5.7)
-    assert row.iloc[-1] == "5.700 (first.json), 5.200 (second.json), 5.300 (third.json)"
-    assert df.set_index("case").loc["decoder-x", "p50_ms"] == 5.3  # the last file's
+    assert row.iloc[-1] == "5.700 (first.json), 5.300 (second.json), 5.200 (third.json)"
+    assert df.set_index("case").loc["decoder-x", "p50_ms"] == 5.3  # the builds' median, not the last file's 5.2
+    assert df.set_index("case").loc["clip-third", "p50_ms"] == 1.0
     assert load_runs([run("alone", 5.0)])[0].attrs["rebuilds"].empty
 
 
