@@ -251,7 +251,7 @@ def group_stats(
     x: Tensor, bias: Tensor | None, residual: Tensor | None, groups: int, eps: float
 ) -> tuple[Tensor | None, Tensor, Tensor]:
     """(x + bias + residual in x's dtype, or None without a residual; each group's mean and 1/std of it, (N, G) fp32):
-    plugin.groupnorm's kernels on the GPU, the same in torch elsewhere."""
+    plugin.groupstats's kernels on the GPU, the same in torch elsewhere."""
     if x.is_cuda:
         from plugin import groupstats
 
