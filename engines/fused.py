@@ -155,9 +155,15 @@ class SplitGroupNorm(ae.GroupNorm):
             group_mean, rstd = merge_cells(mean, var, G, self.eps)
         else:
             group_mean, rstd = merge(mean, var, G, self.eps)
-        mean_c, rstd_c = (t.repeat_interleave(CG, dim=1)[:, :, None, None] for t in (group_mean, rstd))  # (N, C, 1, 1)
-        w, b = self.weight.float()[:, None, None], self.bias.float()[:, None, None]
-        return ((xf - mean_c) * (rstd_c * w) + b).to(x.dtype)
+        return normalized(self, xf, group_mean, rstd).to(x.dtype)
+
+
+def normalized(gn: nn.GroupNorm, v: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """(v - mean) * rstd * weight + bias in fp32, v (N, C, H, W) fp32 and each group's mean and 1/std (N, G): pointwise
+    torch that Inductor fuses with what comes before and after."""
+    mean_c, rstd_c = (t.repeat_interleave(v.shape[1] // gn.num_groups, dim=1)[:, :, None, None] for t in (mean, rstd))
+    w, b = gn.weight.float()[:, None, None], gn.bias.float()[:, None, None]
+    return (v - mean_c) * (rstd_c * w) + b
 
 
 def merge(mean: Tensor, var: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
@@ -178,16 +184,13 @@ class StatsGroupNorm(ae.GroupNorm):
 
     def forward(self, x: Tensor, bias: Tensor | None = None, stats: tuple[Tensor, Tensor] | None = None,
                 silu: bool = False) -> Tensor:  # fmt: skip
-        N, C, H, W = x.shape  # -> (N, C, H, W), x's dtype and memory format
+        # (N, C, H, W) -> (N, C, H, W), x's dtype and memory format
         mean, rstd = stats if stats is not None else group_stats(x, bias, None, self.num_groups, self.eps)[1:]
         if x.is_cuda:
             from plugin.groupstats import group_norm_apply
 
             return group_norm_apply(x, bias, mean, rstd, self.weight, self.bias, silu)
-        mean_c, rstd_c = (t.repeat_interleave(C // self.num_groups, dim=1)[:, :, None, None] for t in (mean, rstd))
-        v = x.float() if bias is None else x.float() + bias.float()[:, None, None]
-        w, b = self.weight.float()[:, None, None], self.bias.float()[:, None, None]
-        y = ((v - mean_c) * (rstd_c * w) + b).to(x.dtype)
+        y = normalized(self, plus_bias(x, bias), mean, rstd).to(x.dtype)
         return F.silu(y) if silu else y
 
     def then_silu(self, x: Tensor, bias: Tensor | None = None, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -258,11 +261,16 @@ def group_stats(
         if residual is None:
             return None, *groupstats.group_stats(x, bias, groups, eps)
         return groupstats.add_group_stats(x, bias, residual, groups, eps)
-    v = x.float() if bias is None else x.float() + bias.float()[:, None, None]
+    v = plus_bias(x, bias)
     out = (v + residual.float()).to(x.dtype) if residual is not None else None
     v = out.float() if out is not None else v
     var, mean = torch.var_mean(v.reshape(v.shape[0], groups, -1), dim=-1, correction=0)
     return out, mean, torch.rsqrt(var + eps)
+
+
+def plus_bias(x: Tensor, bias: Tensor | None) -> Tensor:
+    """x (N, C, H, W) + a per-channel bias, in fp32."""
+    return x.float() if bias is None else x.float() + bias.float()[:, None, None]
 
 
 def chunks(n: int, want: int) -> int:

@@ -32,12 +32,12 @@ Imports nothing of the project.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from plugin import check_device
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = tl.constexpr(448.0)
@@ -140,8 +140,7 @@ def _check_rows(name: str, x: Tensor) -> None:
                          f"strides {x.stride()}")  # fmt: skip
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"{name} takes fp16, bf16 or fp32; got {x.dtype}")
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{name} runs a Triton kernel: CUDA tensors, or TRITON_INTERPRET=1; got {x.device}")
+    check_device(x, name)
 
 
 @torch.library.custom_op("unidiffuser::add_layernorm_quantize", mutates_args=())

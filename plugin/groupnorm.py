@@ -14,12 +14,12 @@ Imports nothing of the project.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor, nn
+
+from plugin import check_device
 
 TILE = 4096  # elements per program: (channels of a group, padded to a power of two) x pixels
 
@@ -163,8 +163,7 @@ def merge_cells(mean: Tensor, var: Tensor, num_groups: int, eps: float) -> tuple
     N, K, C = mean.shape
     if C % num_groups:
         raise ValueError(f"{C} channels do not split into {num_groups} groups")
-    if not mean.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"merge_cells runs its Triton kernel: CUDA tensors, or TRITON_INTERPRET=1; got {mean.device}")
+    check_device(mean, "merge_cells")
     G, CG = num_groups, C // num_groups
     group_mean = torch.empty(N, G, device=mean.device, dtype=torch.float32)
     rstd = torch.empty_like(group_mean)

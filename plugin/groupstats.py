@@ -12,7 +12,6 @@ Imports nothing of the project outside plugin/.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from plugin import check_device
 from plugin.groupnorm import _merge_cells
 
 
@@ -77,8 +77,9 @@ class StatsConfig:
 
 
 # Fixed, not autotuned: Inductor's per-build timing of candidate configurations made the same decoder 5.2-5.7 ms from
-# build to build. (channels, pixels per sample, with residual) -> config, the fastest of up to 120 at each of the decoder's
-# fp16 shapes in a sweep on an H100 (session 15: 2.5-2.9 TB/s where a copy runs at 2.9); other shapes take `rule`.
+# build to build. (channels, pixels per sample, with residual) -> config, the fastest of up to 120 at each of the
+# decoder's fp16 shapes in a sweep on an H100 (session 15: 2.5-2.9 TB/s where a copy runs at 2.9); other shapes take
+# `rule`.
 STATS_CONFIGS = {
     (128, 512 * 512, False): StatsConfig(64, 128, 2048, warps=4, stages=1),
     (128, 512 * 512, True): StatsConfig(64, 128, 512),
@@ -113,7 +114,7 @@ def _stats_launch(x: Tensor, bias: Tensor | None, residual: Tensor | None, out: 
                              f"{tuple(t.shape)}, strides {t.stride()} (x: {x.dtype} {tuple(x.shape)})")  # fmt: skip
     if bias is not None and bias.shape != (C,):
         raise ValueError(f"group_stats takes a bias of one value per channel ({C}), got shape {tuple(bias.shape)}")
-    _check_device(x, "group_stats")
+    check_device(x, "group_stats")
     HW, CG = H * W, C // groups
     cfg = STATS_CONFIGS.get((C, HW, residual is not None)) or rule(N, C, HW)
     BLOCK_C, BLOCK_R, ROWS = cfg.block_c, cfg.block_r, cfg.rows
@@ -205,7 +206,7 @@ def group_norm_apply(x: Tensor, bias: Tensor | None, mean: Tensor, rstd: Tensor,
     for name, t in (("bias", bias), ("weight", weight), ("gn_bias", gn_bias)):
         if t is not None and t.shape != (C,):
             raise ValueError(f"group_norm_apply takes a {name} of one value per channel ({C}), got {tuple(t.shape)}")
-    _check_device(x, "group_norm_apply")
+    check_device(x, "group_norm_apply")
     HW = H * W
     BLOCK_C = min(triton.next_power_of_2(C), 256)
     if C % BLOCK_C:
@@ -223,8 +224,3 @@ def group_norm_apply(x: Tensor, bias: Tensor | None, mean: Tensor, rstd: Tensor,
 def _(x: Tensor, bias: Tensor | None, mean: Tensor, rstd: Tensor, weight: Tensor, gn_bias: Tensor,
       silu: bool) -> Tensor:  # fmt: skip
     return torch.empty_like(x)
-
-
-def _check_device(x: Tensor, op: str) -> None:
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{op} runs its Triton kernels: CUDA tensors, or TRITON_INTERPRET=1; got {x.device}")

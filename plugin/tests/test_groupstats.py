@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugin.tests import ON_GPU, rerun_under_interpreter
+from plugin.tests import INTERPRETING, ON_GPU, rerun_under_interpreter
 from plugin.tests.test_groupnorm import DECODER
 
 # channels_last shapes group_stats takes: power-of-two channel blocks holding whole groups
@@ -110,6 +110,18 @@ def test_statistics_are_the_same_call_after_call_and_in_a_cuda_graph(kernel_devi
         graph.replay()
         for a, b in zip(first, captured, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(INTERPRETING, reason="the interpreter runs the kernels on CPU tensors")
+def test_cpu_tensors_are_refused_without_the_interpreter():
+    from plugin.groupstats import group_norm_apply, group_stats
+
+    x = torch.zeros(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1; got cpu"):
+        group_stats(x, None, 32, 1e-6)
+    stats, ones = torch.zeros(1, 32), torch.ones(64)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1; got cpu"):
+        group_norm_apply(x, None, stats, stats, ones, ones, True)
 
 
 def test_kernels_through_the_interpreter():
