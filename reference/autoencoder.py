@@ -125,18 +125,6 @@ class AutoencoderDecoder(nn.Module):
         z = z.to(self.post_quant_conv.weight.dtype)  # an engine may run in fp16/bf16
         return self.decoder(self.post_quant_conv(z / self.cfg.scale_factor))
 
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """PyTorch's default conv init (kaiming_uniform a=sqrt(5)) from a seeded generator; GroupNorm 1/0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                bound = 1 / m.weight[0].numel() ** 0.5
-                m.weight.copy_(torch.rand(m.weight.shape, generator=generator) * 2 * bound - bound)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=generator) * 2 * bound - bound)
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
 
 def to_uint8(v: Tensor, *, rounding: str = "truncate") -> Tensor:
     """(B, 3, H, W) in ~[-1, 1] -> (B, H, W, 3) uint8. `truncate` is the seed's astype(uint8); `round` is upstream's

@@ -23,6 +23,7 @@ from transformers import CLIPTextModel
 from reference.autoencoder import AutoencoderDecoder
 from reference.clip import TextEncoder, load_tokenizer
 from reference.configs import ModelConfig
+from reference.init import INITS, check_init, initialize
 from reference.uvit import UViT
 
 log = logging.getLogger(__name__)
@@ -133,15 +134,17 @@ def load_clip(folder: Path, cfg: ModelConfig) -> CLIPTextModel:
     return model
 
 
-def load_models(cfg: ModelConfig, *, weights: Path | None = None, seed: int = 0) -> Models:
-    """The reference models on the CPU in fp32: from `weights` if given, else seeded upstream-style random weights."""
+def load_models(cfg: ModelConfig, *, weights: Path | None = None, seed: int = 0, init: str = INITS[0]) -> Models:
+    """The reference models on the CPU in fp32: from `weights` if given, else seeded random weights of the `init`
+    initialisation (reference/init.py)."""
     if weights is None:
+        check_init(init)
         g = torch.Generator().manual_seed(seed)
         text_encoder = TextEncoder.from_config(cfg.clip, text_dim=cfg.uvit.text_dim)
         uvit, decoder = UViT(cfg.uvit), AutoencoderDecoder(cfg.autoencoder)
         for m in (text_encoder, uvit, decoder):
-            m.init_weights(g)
-        return Models(cfg, text_encoder, uvit, decoder, weights=f"random (seed {seed})").to("cpu")
+            initialize(m, init, g)
+        return Models(cfg, text_encoder, uvit, decoder, weights=random_label(init, seed)).to("cpu")
     folder = Path(weights)
     if not folder.is_dir():
         raise FileNotFoundError(f"weights folder {folder} does not exist")
@@ -153,6 +156,11 @@ def load_models(cfg: ModelConfig, *, weights: Path | None = None, seed: int = 0)
     _load_into(CAPTION_FILE, caption, folder)
     text_encoder = TextEncoder(load_clip(folder, cfg), caption["encode_prefix"])
     return Models(cfg, text_encoder, uvit, decoder, weights=str(folder.resolve()), clip_dir=folder / CLIP_DIR).to("cpu")
+
+
+def random_label(init: str, seed: int) -> str:
+    """How reports name seeded random weights: the initialisation and the seed."""
+    return f"random ({init} init, seed {seed})"
 
 
 def write_checkpoints(models: Models, folder: Path, *, overwrite: bool = False) -> Path:

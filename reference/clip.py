@@ -107,28 +107,3 @@ class TextEncoder(nn.Module):
         hidden = tower.encoder(inputs_embeds=hidden, attention_mask=mask[None, None]).last_hidden_state
         hidden = tower.final_layer_norm(hidden)  # (B, 77, 768)
         return self.encode_prefix(hidden)  # (B, 77, 64)
-
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """CLIP's own init (Hugging Face `_init_weights`, factor 1) and PyTorch's Linear init, seeded."""
-        w, L = self.clip.config.hidden_size, self.clip.config.num_hidden_layers
-        normal = lambda p, std: p.copy_(torch.randn(p.shape, generator=generator) * std)  # noqa: E731
-        tower = text_tower(self.clip)
-        normal(tower.embeddings.token_embedding.weight, 0.02)
-        normal(tower.embeddings.position_embedding.weight, 0.02)
-        for layer in tower.encoder.layers:
-            a, m = layer.self_attn, layer.mlp
-            for proj in (a.q_proj, a.k_proj, a.v_proj):
-                normal(proj.weight, w**-0.5 * (2 * L) ** -0.5)
-            normal(a.out_proj.weight, w**-0.5)
-            normal(m.fc1.weight, (2 * w) ** -0.5)
-            normal(m.fc2.weight, w**-0.5 * (2 * L) ** -0.5)
-        for mod in self.clip.modules():
-            if isinstance(mod, nn.Linear):
-                mod.bias.zero_()
-            elif isinstance(mod, nn.LayerNorm):
-                mod.weight.fill_(1.0)
-                mod.bias.zero_()
-        bound = 1 / self.encode_prefix.in_features**0.5
-        for p in (self.encode_prefix.weight, self.encode_prefix.bias):
-            p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)

@@ -132,26 +132,6 @@ class UViT(nn.Module):
         self.token_embedding = nn.Embedding(2, D)
         self.pos_embed_token = nn.Parameter(torch.zeros(1, 1, D))
 
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """Upstream init: trunc_normal(.02) on pos_embed and Linear weights, zero biases, LayerNorm 1/0,
-        token_embedding N(0, 1), pos_embed_token 0; the patch conv keeps PyTorch's default init."""
-        tn = lambda t: t.copy_(_trunc_normal(t.shape, std=0.02, generator=generator))  # noqa: E731
-        tn(self.pos_embed)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                tn(m.weight)
-                nn.init.zeros_(m.bias) if m.bias is not None else None
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        conv = self.patch_embed.proj
-        bound = 1 / math.sqrt(conv.weight[0].numel())  # kaiming_uniform(a=sqrt(5)) and its bias bound
-        conv.weight.copy_(torch.rand(conv.weight.shape, generator=generator) * 2 * bound - bound)
-        conv.bias.copy_(torch.rand(conv.bias.shape, generator=generator) * 2 * bound - bound)
-        self.token_embedding.weight.copy_(torch.randn(self.token_embedding.weight.shape, generator=generator))
-        self.pos_embed_token.zero_()
-
     def forward(
         self, img: Tensor, clip_img: Tensor, text: Tensor, t_img: Tensor, t_text: Tensor, data_type: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -184,10 +164,3 @@ class UViT(nn.Module):
         for blk in self.out_blocks:
             x = blk(x, skips.pop())
         return x
-
-
-def _trunc_normal(shape: torch.Size, *, std: float, generator: torch.Generator) -> Tensor:
-    """timm's trunc_normal_(std, a=-2, b=2): inverse-CDF sampling of N(0, std) truncated to [-2, 2]."""
-    lo, hi = (1 + math.erf(-2 / std / math.sqrt(2))) / 2, (1 + math.erf(2 / std / math.sqrt(2))) / 2
-    u = torch.rand(shape, generator=generator) * (hi - lo) + lo
-    return (torch.erfinv(2 * u - 1) * std * math.sqrt(2)).clamp(-2, 2)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from reference.clip import load_tokenizer, tokenize
+from reference.init import initialize
 
 BOS, EOS = 49406, 49407
 
@@ -49,7 +50,7 @@ def test_text_encoder_equals_the_hugging_face_forward(attention):
 
     cfg = ModelConfig.from_name("tiny")
     enc = TextEncoder.from_config(cfg.clip, text_dim=cfg.uvit.text_dim).eval()
-    enc.init_weights(torch.Generator().manual_seed(0))
+    initialize(enc, "trained-like", torch.Generator().manual_seed(0))
     enc.clip.config._attn_implementation = attention
     ids = torch.randint(0, cfg.clip.vocab_size, (2, cfg.clip.max_tokens), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

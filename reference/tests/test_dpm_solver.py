@@ -88,3 +88,15 @@ def test_sampler_calls_the_model_50_times_in_order():
     seen = []
     ds.sample(lambda x, k: seen.append(k) or x, torch.zeros(1, 2), ds.make_plan())
     assert seen == list(range(50))
+
+
+def test_plan_coefficients_of_each_call_are_the_schedule_at_its_time(schedule):
+    """D = (x - sigma eps) / alpha at each call uses alpha and sigma of that call's own time: the first call is at t=1
+    (SPEC's check values), every call's alpha^2 + sigma^2 = 1."""
+    plan = ds.make_plan()
+    t = plan.t_model / ds.N_TRAIN
+    torch.testing.assert_close(plan.alpha, schedule.alpha(t), rtol=0, atol=1e-6)
+    torch.testing.assert_close(plan.sigma, schedule.sigma(t), rtol=0, atol=1e-6)
+    assert plan.alpha[0].item() == pytest.approx(0.068265, abs=2e-6)
+    assert plan.sigma[0].item() == pytest.approx(0.997667, abs=2e-6)
+    torch.testing.assert_close(plan.alpha**2 + plan.sigma**2, torch.ones(plan.calls), rtol=0, atol=1e-5)

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from reference.checkpoints import load_models
+from reference.compare import rel_l2
 from reference.configs import ModelConfig
 from reference.images import write_images
 from reference.pipeline import GuidedStep, Pipeline, draw_noise, strict_fp32
@@ -75,7 +76,9 @@ def test_batched_guidance_equals_two_calls(pipe):
         sigma=torch.tensor([0.99]),
     )
     with torch.no_grad():
-        torch.testing.assert_close(GuidedStep(uvit, batched=True)(**kw), GuidedStep(uvit)(**kw), rtol=1e-5, atol=1e-4)
+        batched, two = GuidedStep(uvit, batched=True)(**kw), GuidedStep(uvit)(**kw)
+    # fp32 rounding of differently shaped GEMMs only: a swapped cond/uncond half moves D by far more than this
+    assert rel_l2(batched, two) < 2e-5
 
 
 def test_guidance_uses_the_text_noise(pipe):

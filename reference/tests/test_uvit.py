@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reference.configs import ModelConfig
+from reference.init import initialize
 from reference.uvit import UViT, timestep_embedding, unpatchify
 
 
@@ -46,7 +47,7 @@ def test_unpatchify_rejects_a_wrong_shape():
 def tiny_uvit():
     cfg = ModelConfig.from_name("tiny").uvit
     model = UViT(cfg).eval()
-    model.init_weights(torch.Generator().manual_seed(0))
+    initialize(model, "trained-like", torch.Generator().manual_seed(0))
     return model
 
 
@@ -106,9 +107,68 @@ def test_long_skips_are_last_in_first_out(tiny_uvit):
     assert torch.equal(got["skip"], sent["last"])
 
 
-def test_init_follows_upstream(tiny_uvit):
-    assert tiny_uvit.pos_embed_token.abs().sum() == 0
-    w = tiny_uvit.in_blocks[0].mlp.fc1.weight
+def test_upstream_init_is_still_there():
+    model = UViT(ModelConfig.from_name("tiny").uvit)
+    initialize(model, "upstream", torch.Generator().manual_seed(0))
+    assert model.pos_embed_token.abs().sum() == 0
+    w = model.in_blocks[0].mlp.fc1.weight
     assert 0.015 < w.std() < 0.025 and w.abs().max() <= 2
-    assert tiny_uvit.in_blocks[0].mlp.fc1.bias.abs().sum() == 0
-    assert 0.7 < tiny_uvit.token_embedding.weight.std() < 1.3
+    assert model.in_blocks[0].mlp.fc1.bias.abs().sum() == 0
+    assert 0.7 < model.token_embedding.weight.std() < 1.3
+
+
+def test_attention_is_per_head_softmax_of_scaled_products(tiny_uvit):
+    """Against torch's own attention, whose default scale is 1/sqrt(head size): a scale over the whole width, or heads
+    taken from the wrong slice of qkv, fails this."""
+    attn = tiny_uvit.in_blocks[0].attn
+    x = torch.randn(2, 9, tiny_uvit.cfg.embed_dim, generator=torch.Generator().manual_seed(0))
+    B, L, C = x.shape
+    H = tiny_uvit.cfg.num_heads
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).split(C, dim=-1)  # q rows 0:C, k C:2C, v 2C:3C, each head-major
+        heads = lambda t: t.reshape(B, L, H, C // H).transpose(1, 2)  # noqa: E731  (B, H, L, Dh)
+        o = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        torch.testing.assert_close(attn(x), attn.proj(o.transpose(1, 2).reshape(B, L, C)))
+
+
+def test_blocks_are_post_ln_and_out_blocks_take_the_skip_after_x(tiny_uvit):
+    """x = norm2(x + attn(x)); x = norm3(x + mlp(x)); an out-block first norm1(skip_linear(cat([x, skip])))."""
+    g = torch.Generator().manual_seed(1)
+    x, skip = (torch.randn(2, 9, tiny_uvit.cfg.embed_dim, generator=g) for _ in range(2))
+    gelu = lambda t: torch.nn.functional.gelu(t, approximate="none")  # noqa: E731  the exact GELU
+    for block in (tiny_uvit.in_blocks[0], tiny_uvit.out_blocks[0]):
+        with torch.no_grad():
+            h = block.norm1(block.skip_linear(torch.cat([x, skip], -1))) if block.skip_linear is not None else x
+            h = block.norm2(h + block.attn(h))
+            want = block.norm3(h + block.mlp.fc2(gelu(block.mlp.fc1(h))))
+            got = block(x, skip) if block.skip_linear is not None else block(x)
+        torch.testing.assert_close(got, want)
+
+
+def test_layernorms_have_the_checkpoints_eps(tiny_uvit):
+    """SPEC section 2: eps 1e-5, statistics in fp32."""
+    norms = [m for m in tiny_uvit.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and {m.eps for m in norms} == {1e-5}
+
+
+def test_the_trunk_ends_in_the_final_norm_and_the_heads_read_it(tiny_uvit):
+    cfg = tiny_uvit.cfg
+    seen = {}
+    hook = tiny_uvit.norm.register_forward_hook(lambda m, a, out: seen.update(out=out))
+    inp = inputs(cfg)
+    with torch.no_grad():
+        img, clip_img, _ = tiny_uvit(**inp)
+    hook.remove()
+    out = seen["out"]
+    n_text = cfg.num_text_tokens
+    with torch.no_grad():
+        torch.testing.assert_close(clip_img, tiny_uvit.clip_img_out(out[:, 3 + n_text : 4 + n_text]))
+        want_img = unpatchify(tiny_uvit.decoder_pred(out[:, 4 + n_text :]), cfg.in_chans)
+    torch.testing.assert_close(img, want_img)
+    # the final norm reads the trunk's output: without it the heads would read the last block's output
+    last = {}
+    hook = tiny_uvit.out_blocks[-1].register_forward_hook(lambda m, a, o: last.update(out=o))
+    with torch.no_grad():
+        tiny_uvit(**inp)
+        torch.testing.assert_close(tiny_uvit.norm(last["out"]), out)
+    hook.remove()
