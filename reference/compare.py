@@ -2,9 +2,12 @@
 
 Pure: tensors in, results out. It imports no model and no engine.
 
-    ref, run = RunResult("uvit/eager/fp32", ref_outputs), RunResult("uvit/inductor/fp16", outputs)
-    results = compare_simple(tolerance=Tolerance(rel_l2=1e-2, k=64))(run, ref)   # {mark: MarkResult}, run's order
-    first_failure(results)                                                       # "uvit.in_blocks.7" or None
+    oracle, run = RunResult("uvit/eager/fp64", oracle_outputs), RunResult("uvit/inductor/fp16", outputs)
+    results = compare_simple(bounds={"uvit.in_blocks.0": 1e-3, ..., "output": 4e-3})(run, oracle)  # run's order
+    first_failure(results)                                                     # "uvit.in_blocks.7" or None
+
+The bound of each mark comes from reference/tolerances.py; what is compared against (an fp64 oracle, or one making
+the engine's declared approximations) from the accuracy suite.
 """
 
 from __future__ import annotations
@@ -38,13 +41,10 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """A mark passes when its relative L2 error is at most max(rel_l2, k * floor), where floor is the fp32
-    reference's own relative L2 error against an fp64 run at that mark. atol/rtol only define the elementwise band
-    behind the `frac_outside` statistic; they do not decide the verdict."""
+class Band:
+    """The elementwise band |run - ref| <= atol + rtol * |ref| behind the `frac_outside` and `min_atol` statistics;
+    it does not decide the verdict (the relative L2 error against the mark's bound does)."""
 
-    rel_l2: float
-    k: float = 0.0
     atol: float = 1e-5
     rtol: float = 1e-3
 
@@ -52,8 +52,9 @@ class Tolerance:
 @dataclass(frozen=True)
 class MarkResult:
     mark: str
-    passed: bool
+    passed: bool  # status == "pass"
     bound: float  # the rel_l2 this mark had to stay under
+    cap: float  # the largest bound that verifies anything (reference/tolerances.py); a bound above it cannot pass
     rel_l2: float
     cosine: float
     sqnr_db: float
@@ -67,9 +68,20 @@ class MarkResult:
     min_atol: float  # smallest atol that would put every element inside the band at this rtol
     nonfinite: int  # NaN/Inf count in the run's tensor
     numel: int
+    magnitude: float  # the run's largest finite |value| at this mark
+    headroom: float  # the largest finite value of the run's dtype over `magnitude`: how far from overflow
 
     def __bool__(self) -> bool:
         return self.passed
+
+    @property
+    def status(self) -> str:
+        """nonfinite, fail (over its bound), unverifiable (within a bound over the cap: no verdict), or pass."""
+        if self.nonfinite:
+            return "nonfinite"
+        if not self.rel_l2 <= self.bound:
+            return "fail"
+        return "pass" if self.bound <= self.cap else "unverifiable"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,12 +90,18 @@ class MarkResult:
 _SAMPLE = 1 << 24  # quantiles on at most this many elements (torch.quantile's limit)
 
 
-def mark_stats(out: Tensor, ref: Tensor, *, tolerance: Tolerance, floor: float = 0.0, mark: str = "") -> MarkResult:
-    """All statistics of one mark, in fp64. A shape mismatch is an error; a non-finite value fails the mark."""
+def mark_stats(
+    out: Tensor, ref: Tensor, *, bound: float, cap: float = math.inf, band: Band = Band(), mark: str = ""
+) -> MarkResult:
+    """All statistics of one mark, in fp64. A shape mismatch is an error; a non-finite value fails the mark; a mark
+    within a bound over `cap` does not pass (status "unverifiable")."""
     if out.shape != ref.shape:
         raise ValueError(f"mark {mark!r}: run shape {tuple(out.shape)} differs from reference {tuple(ref.shape)}")
+    if not bound > 0:
+        raise ValueError(f"mark {mark!r}: bound {bound!r} is not a positive relative L2 error")
     a, b = out.detach().double().flatten(), ref.detach().double().flatten()
-    nonfinite = int((~torch.isfinite(a)).sum())
+    finite_mask = torch.isfinite(a)
+    nonfinite = int((~finite_mask).sum())
     diff = (a - b).abs()
     ref_norm, run_norm, err_norm = b.norm().item(), a.norm().item(), (a - b).norm().item()
     rel_l2 = err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else math.inf)
@@ -91,13 +109,15 @@ def mark_stats(out: Tensor, ref: Tensor, *, tolerance: Tolerance, floor: float =
     sqnr = 10 * math.log10(ref_norm**2 / err_norm**2) if err_norm > 0 else math.inf
     rel = diff / b.abs().clamp_min(torch.finfo(torch.float64).tiny)  # zeros in the reference are guarded
     sample = diff[:: -(-diff.numel() // _SAMPLE)] if diff.numel() else diff  # a strided subsample, for quantiles
-    band = tolerance.atol + tolerance.rtol * b.abs()
-    bound = max(tolerance.rel_l2, tolerance.k * floor)
+    limits = band.atol + band.rtol * b.abs()
     finite = nonfinite == 0
+    magnitude = a[finite_mask].abs().max().item() if finite_mask.any() else 0.0
+    top = torch.finfo(out.dtype).max if out.is_floating_point() else math.inf
     return MarkResult(
         mark=mark,
-        passed=finite and rel_l2 <= bound,
+        passed=finite and rel_l2 <= bound <= cap,
         bound=bound,
+        cap=cap,
         rel_l2=rel_l2 if finite else math.nan,
         cosine=cosine if finite else math.nan,
         sqnr_db=sqnr if finite else math.nan,
@@ -107,10 +127,12 @@ def mark_stats(out: Tensor, ref: Tensor, *, tolerance: Tolerance, floor: float =
         p99_abs=torch.quantile(sample, 0.99).item() if diff.numel() else 0.0,
         max_rel=rel.max().item() if diff.numel() else 0.0,
         mean_rel=rel.mean().item() if diff.numel() else 0.0,
-        frac_outside=(diff > band).double().mean().item() if diff.numel() else 0.0,
-        min_atol=(diff - tolerance.rtol * b.abs()).clamp_min(0).max().item() if diff.numel() else 0.0,
+        frac_outside=(diff > limits).double().mean().item() if diff.numel() else 0.0,
+        min_atol=(diff - band.rtol * b.abs()).clamp_min(0).max().item() if diff.numel() else 0.0,
         nonfinite=nonfinite,
         numel=diff.numel(),
+        magnitude=magnitude,
+        headroom=top / magnitude if magnitude > 0 else math.inf,
     )
 
 
@@ -118,27 +140,27 @@ Compare = Callable[[RunResult, RunResult], dict[str, MarkResult]]
 
 
 def compare_simple(
-    *,
-    tolerance: Tolerance,
-    per_mark: dict[str, Tolerance] | None = None,
-    floors: dict[str, float] | None = None,
-    fail_fast: bool = False,
+    *, bounds: dict[str, float], caps: dict[str, float] | None = None, band: Band = Band(), fail_fast: bool = False
 ) -> Compare:
     """A compare function: (run, reference) -> {mark: MarkResult} in the run's execution order.
 
+    Every mark needs a bound (a mark without one is an error: a table that does not cover a mark is no verdict).
     Marks missing from either side are an error. `fail_fast` stops after the first failing mark.
     """
-    per_mark, floors = dict(per_mark or {}), dict(floors or {})
+    bounds, caps = dict(bounds), dict(caps or {})
 
     def compare(run: RunResult, ref: RunResult) -> dict[str, MarkResult]:
         missing = [m for m in run.outputs if m not in ref.outputs] + [m for m in ref.outputs if m not in run.outputs]
         if missing:
             raise KeyError(f"{run.engine_name} vs {ref.engine_name}: marks present on one side only: {missing}")
+        unbounded = [m for m in run.outputs if m not in bounds]
+        if unbounded:
+            raise KeyError(f"{run.engine_name}: no bound for marks {unbounded} (reference/tolerances.py)")
         results = {}
         for mark, out in run.outputs.items():
-            tol = per_mark.get(mark, tolerance)
-            results[mark] = mark_stats(out, ref.outputs[mark], tolerance=tol, floor=floors.get(mark, 0.0), mark=mark)
-            if fail_fast and not results[mark]:
+            cap = caps.get(mark, math.inf)
+            results[mark] = mark_stats(out, ref.outputs[mark], bound=bounds[mark], cap=cap, band=band, mark=mark)
+            if fail_fast and results[mark].status in ("fail", "nonfinite"):
                 break
         return results
 
@@ -146,8 +168,13 @@ def compare_simple(
 
 
 def first_failure(results: dict[str, MarkResult]) -> str | None:
-    """The first failing mark in execution order: where the run departs from the reference."""
-    return next((m for m, r in results.items() if not r), None)
+    """The first failing mark in execution order (over its bound, or not finite): where the run departs."""
+    return next((m for m, r in results.items() if r.status in ("fail", "nonfinite")), None)
+
+
+def unverifiable(results: dict[str, MarkResult]) -> list[str]:
+    """Marks that stayed within a bound over the cap: this comparison says nothing of them."""
+    return [m for m, r in results.items() if r.status == "unverifiable"]
 
 
 def first_nonfinite(run: RunResult) -> str | None:
@@ -160,11 +187,16 @@ def nondeterministic_marks(a: RunResult, b: RunResult) -> list[str]:
     return [m for m in a.outputs if m not in b.outputs or not torch.equal(a.outputs[m], b.outputs[m])]
 
 
-def floors_against(ref: RunResult, ref64: RunResult) -> dict[str, float]:
-    """Per mark, the fp32 reference's own relative L2 error against an fp64 run: its rounding noise floor."""
-    floors = {}
-    for mark, t in ref.outputs.items():
-        a, b = t.double(), ref64.outputs[mark].double()
-        bn = b.norm().item()
-        floors[mark] = (a - b).norm().item() / bn if bn > 0 else 0.0
-    return floors
+def rel_l2(a: Tensor, b: Tensor) -> float:
+    """||a - b|| / ||b|| in fp64 (0 when both are zero, inf when only b is); NaN when a holds NaN or Inf."""
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return math.nan
+    bn, en = b.norm().item(), (a - b).norm().item()
+    return en / bn if bn > 0 else (0.0 if en == 0 else math.inf)
+
+
+def errors_against(run: RunResult, oracle: RunResult) -> dict[str, float]:
+    """Per mark, the run's relative L2 error against the oracle: the fp32 reference's own rounding against fp64 (its
+    noise floor), or a plain implementation's at a lower precision (reference/tolerances.py)."""
+    return {mark: rel_l2(t, oracle.outputs[mark]) for mark, t in run.outputs.items()}

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from reference.pipeline import NonFiniteOutput
 from reference.prompts import Prompt
 
 JPEG_QUALITY = 95  # OpenCV's imwrite default, which the seed's PD images were written with
@@ -42,7 +43,9 @@ def save_image(image: torch.Tensor, path: Path) -> None:
 
 
 def save_result(folder: Path, p: Prompt, result) -> Path:
-    """One pipeline `Result` as PNG, JPEG (quality 95, what PD is computed on) and final latents; returns the PNG."""
+    """One pipeline `Result` as PNG, JPEG (quality 95, what PD is computed on) and final latents; returns the PNG.
+    A result with NaN or Inf is refused (reference.pipeline.NonFiniteOutput), naming the stage."""
+    result.check_finite()
     png, jpg, latents = outputs_for(Path(folder), p)
     save_image(result.image, png)
     save_image(result.image, jpg)
@@ -66,13 +69,22 @@ def write_images(
     folder = Path(folder)
     check_free(folder, prompts, overwrite=overwrite)
     folder.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, refused, result = [], {}, None
     for p in tqdm(prompts, desc=f"images -> {folder}", disable=not progress):
         t0 = time.perf_counter()
         result = generate(p.prompt, p.seed)  # synchronises: the image comes back to the CPU
         seconds = time.perf_counter() - t0
-        png = save_result(folder, p, result)
+        try:
+            png = save_result(folder, p, result)
+        except NonFiniteOutput as e:  # a verdict on this image: recorded, and the others still made
+            refused[image_stem(p)] = str(e)
+            continue
         entries.append({"index": p.index, "seed": p.seed, "prompt": p.prompt, "file": png.name, "seconds": seconds})
-    meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries}
+    meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries,
+            "nonfinite": refused}  # fmt: skip
     (folder / "manifest.json").write_text(json.dumps(meta, indent=2))
+    if refused:
+        first = next(iter(refused))
+        raise NonFiniteOutput(f"{len(refused)} of {len(prompts)} images refused ({first}: {refused[first]}); "
+                              f"{folder / 'manifest.json'} lists them")  # fmt: skip
     return folder

@@ -115,12 +115,24 @@ class GuidedStep(nn.Module):
         return (x - sigma[:, None] * eps) / alpha[:, None]
 
 
+class NonFiniteOutput(ValueError):
+    """A stage produced NaN or Inf: a verdict, never an image."""
+
+
 @dataclass
 class Result:
     image: Tensor  # (H, W, 3) uint8 on the CPU
     latents: Tensor  # (B, 4, 64, 64) final z, before decoding
     noise_order: str
     rounding: str
+    nonfinite: str | None = None  # the first stage whose output held NaN or Inf: "clip", "uvit" or "decoder"
+
+    def check_finite(self) -> Result:
+        """Raise NonFiniteOutput naming the stage, where one produced NaN or Inf."""
+        if self.nonfinite:
+            what = {"clip": "text condition", "uvit": "latents", "decoder": "pixels"}[self.nonfinite]
+            raise NonFiniteOutput(f"the {self.nonfinite} stage produced NaN/Inf {what}; no image is written from them")
+        return self
 
 
 @dataclass
@@ -178,5 +190,9 @@ class Pipeline:
             x = dpm_solver.sample(data_prediction, x, self.plan)
         bar.close()
         z, _ = split(x, cfg)
-        image = to_uint8(self.decoder(z=z), rounding=self.rounding)[0].cpu()  # (H, W, 3)
-        return Result(image, z.float().cpu(), self.noise_order, self.rounding)
+        pixels = self.decoder(z=z)
+        # each stage's verdict stays on the device until the image comes back: no host sync inside the pipeline
+        finite = torch.stack([torch.isfinite(t).all() for t in (text, x, pixels)])
+        image = to_uint8(pixels, rounding=self.rounding)[0].cpu()  # (H, W, 3)
+        bad = [stage for stage, ok in zip(("clip", "uvit", "decoder"), finite.tolist(), strict=True) if not ok]
+        return Result(image, z.float().cpu(), self.noise_order, self.rounding, nonfinite=bad[0] if bad else None)

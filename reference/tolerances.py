@@ -1,50 +1,96 @@
-"""Every accuracy tolerance, in one table: component x precision, with per-mark overrides ("" is the default key).
+"""Every accuracy bound, in one table, and the rule that turns it into a bound for each mark.
 
-The rule (reference/compare.py, `Tolerance`): a mark passes when its relative L2 error against the strict-fp32
-reference is at most max(rel_l2, k * floor), where floor is the fp32 reference's own relative L2 error against an
-fp64 run of the same component at that mark. The floor grows with depth, so deep layers get room that shallow ones
-do not, and a precision may be as far from fp32 as fp32 is from fp64, scaled by the ratio of unit roundoffs:
+TorchBench's rule (torch._dynamo.utils.same): an engine at a precision may be at most MULTIPLIER times as far from
+the fp64 oracle as a plain implementation at that precision is, plus a small floor:
 
-    precision  unit roundoff u  rel_l2 = 4u   k = S * u / u_fp32
-    fp32       2^-24            2.4e-7        S = 8: another fp32 implementation (Inductor's reduction order,
-                                              two-call guidance) measured at up to 1.9x the floor (H100, full
-                                              size) and 4.1x (CPU, tiny)
-    fp16       2^-11            2.0e-3        S = 2: measured up to 0.67 * u_fp16/u_fp32 * floor (H100)
-    bf16       2^-8             1.6e-2        S = 2: measured up to 0.68 * u_bf16/u_fp32 * floor (H100; 0.69 CPU)
-    fp8        2^-4 (e4m3)      0.25          S = 2, the rule unchanged; only the U-ViT's block linears are e4m3.
-                                              The bound is loose by construction (at least 25%): an fp8 engine's
-                                              verdict is its pixel metrics against fp32 and fp16 (reports/pd.md).
+    bound(mark) = multiplier * plain(mark) + floor          plain(mark) = rel L2(plain run, oracle) at the mark
 
-Measured on 52 engines at full size on an H100 (reports/accuracy.md): the worst mark used 0.23 (fp32), 0.30
-(fp16) and 0.30 (bf16) of its bound; every fault of reference/tests/test_fault_injection.py exceeds it.
+The oracle is the reference in fp64, making the engine's declared approximations (reference/approximations.py).
+The plain implementation is that same module cast to the precision and run eagerly, the reference's own code: what
+straightforward code at the precision reaches at that mark, on these weights and inputs. So a bound is argued from
+the precision itself, layer by layer, and moves with depth and weights as rounding does; no bound is scaled from
+another precision's.
 
-`reports/accuracy.md` lists the measured floor, the bound and the ratio of every mark, so a change of these numbers
-can be argued from data.
+    precision  plain run                           multiplier  floor
+    fp32       the fp32 reference                  2           1e-5
+    fp16       the reference cast to fp16          3           2^-11: one rounding of fp16
+    bf16       the reference cast to bf16          3           2^-8
+    fp8        fp16, its block linears' inputs     3           2^-11: the activations are fp16; e4m3's own rounding
+               and weights rounded through e4m3                is in the oracle
+               (the engine's FP8 recipe)
+
+Multipliers are TorchBench's (2 for fp32, 3 where it checks fp16/bf16/AMP: "to avoid false alarms"). So is fp32's
+floor, its tol / 10 with fp32's tol 1e-4: fp32 errors are set by the order of long sums, which differs from kernel to
+kernel, and the plain code is at times far luckier than the engine. Measured: a GroupNorm over groups whose mean is 15
+times their spread (the trained-like decoder) errs 3.5e-6 in Inductor's CPU kernel against ATen's 3.4e-7, ten times;
+a decoder that folds its upsampling into other weights (upsample=subpixel) 2.06 times the plain error at one mark.
+For the lower precisions the floor is one rounding: their errors are set by the values stored at that precision,
+which an engine shares with the plain code, and the floor covers an engine that rounds once more. The measured ratio
+of engine to plain error per mark is in reports/accuracy.md ("worst engine/plain").
+
+CAP: no bound may exceed a relative L2 error of 0.05 at any mark. Above it a check would pass an output 5% wrong,
+wider than the smallest fault the fault matrix must catch where it is injected (reports/accuracy.md, fault matrix);
+a bound above it is an error of the table, never a pass: the mark is "unverifiable" at that precision (reference/
+compare.py), and an engine with such marks is not reported as passing. An error over the bound still fails.
 """
 
 from __future__ import annotations
 
-from reference.compare import Tolerance
+import math
+from dataclasses import dataclass
 
-UNIT_ROUNDOFF = {"fp64": 2.0**-53, "fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8, "fp8": 2.0**-4}
-SAFETY = {"fp64": 8.0, "fp32": 8.0, "fp16": 2.0, "bf16": 2.0, "fp8": 2.0}
-
-
-def _rule(precision: str) -> Tolerance:
-    u = UNIT_ROUNDOFF[precision]
-    return Tolerance(rel_l2=4 * u, k=SAFETY[precision] * u / UNIT_ROUNDOFF["fp32"], atol=1e-5, rtol=64 * u)
+UNIT_ROUNDOFF = {"fp64": 2.0**-53, "fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
+CAP = 0.05
 
 
-# component -> precision -> mark -> Tolerance; "" entries are the defaults.
-TOLERANCES: dict[str, dict[str, dict[str, Tolerance]]] = {
-    "": {p: {"": _rule(p)} for p in UNIT_ROUNDOFF},
+@dataclass(frozen=True)
+class Rule:
+    multiplier: float
+    floor: float
+    plain: str  # the precision the plain implementation runs at
+    cap: float = CAP
+
+    def bound(self, plain_error: float) -> float:
+        """inf where the plain run did not come out finite: no bound, so no verdict (above any cap)."""
+        return self.multiplier * plain_error + self.floor if math.isfinite(plain_error) else math.inf
+
+
+# component -> precision -> mark -> Rule; "" entries are the defaults.
+TOLERANCES: dict[str, dict[str, dict[str, Rule]]] = {
+    "": {
+        "fp32": {"": Rule(2.0, 1e-5, plain="fp32")},
+        "fp16": {"": Rule(3.0, UNIT_ROUNDOFF["fp16"], plain="fp16")},
+        "bf16": {"": Rule(3.0, UNIT_ROUNDOFF["bf16"], plain="bf16")},
+        "fp8": {"": Rule(3.0, UNIT_ROUNDOFF["fp16"], plain="fp16")},
+    },
 }
+PRECISIONS = tuple(TOLERANCES[""])
 
 
-def tolerance_for(component: str, precision: str) -> tuple[Tolerance, dict[str, Tolerance]]:
-    """The default tolerance for (component, precision) and its per-mark overrides."""
-    if precision not in UNIT_ROUNDOFF:
-        raise ValueError(f"no tolerance for precision {precision!r}; choose from {list(UNIT_ROUNDOFF)}")
-    table = {**TOLERANCES[""].get(precision, {}), **TOLERANCES.get(component, {}).get(precision, {})}
-    default = table.pop("")
-    return default, table
+def rule_for(component: str, precision: str, mark: str = "") -> Rule:
+    if precision not in PRECISIONS:
+        raise ValueError(f"no tolerance for precision {precision!r}; choose from {list(PRECISIONS)}")
+    table = {**TOLERANCES[""][precision], **TOLERANCES.get(component, {}).get(precision, {})}
+    return table.get(mark, table[""])
+
+
+def bounds(component: str, precision: str, plain_errors: dict[str, float]) -> dict[str, float]:
+    """Each mark's bound from the plain implementation's error there."""
+    return {mark: rule_for(component, precision, mark).bound(plain) for mark, plain in plain_errors.items()}
+
+
+def caps(component: str, precision: str, marks: list[str]) -> dict[str, float]:
+    return {mark: rule_for(component, precision, mark).cap for mark in marks}
+
+
+# Image verdicts (bench/quality.py): a recipe's images over the 40 (prompt, seed) pairs of the original protocol
+# against the strict-fp32 reference's. Each metric's threshold is argued from what clean engines measured on the
+# H200 (reports/pd.md, "Thresholds"), and the contest's own rule for PD (SPEC section 7: an image above 12 failed).
+#   metric                 aggregate over the images  passes when
+IMAGE_THRESHOLDS: dict[str, tuple[str, str, float]] = {
+    "pd": ("max", "<=", 12.0),  # the contest's rule, image by image
+    "pd_mean": ("mean", "<=", 6.0),
+    "psnr_db": ("min", ">=", 25.0),
+    "ssim": ("min", ">=", 0.80),
+    "latents_rel_l2": ("max", "<=", 0.25),
+}

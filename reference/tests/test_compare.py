@@ -6,17 +6,19 @@ import pytest
 import torch
 
 from reference.compare import (
+    Band,
     RunResult,
-    Tolerance,
     compare_simple,
+    errors_against,
     first_failure,
     first_nonfinite,
-    floors_against,
     mark_stats,
     nondeterministic_marks,
+    rel_l2,
+    unverifiable,
 )
 
-TOL = Tolerance(rel_l2=1e-4, k=8)
+BOUND = 1e-4
 
 
 def rand(*shape, seed=0):
@@ -24,27 +26,44 @@ def rand(*shape, seed=0):
 
 
 def test_identical_tensors_pass_with_zero_error():
-    r = mark_stats(rand(4, 5), rand(4, 5), tolerance=TOL)
-    assert r.passed and bool(r) and r.rel_l2 == 0 and r.max_abs == 0 and r.sqnr_db == math.inf
+    r = mark_stats(rand(4, 5), rand(4, 5), bound=BOUND)
+    assert r.passed and bool(r) and r.status == "pass" and r.rel_l2 == 0 and r.max_abs == 0 and r.sqnr_db == math.inf
     assert r.cosine == pytest.approx(1, abs=1e-12)
 
 
 def test_a_relative_error_is_measured_as_such():
     ref = rand(1000)
-    r = mark_stats(ref * (1 + 1e-3), ref, tolerance=TOL)
+    r = mark_stats(ref * (1 + 1e-3), ref, bound=BOUND)
     assert r.rel_l2 == pytest.approx(1e-3, rel=1e-4) and r.sqnr_db == pytest.approx(60, abs=1e-3)
-    assert not r.passed and r.bound == TOL.rel_l2
+    assert not r.passed and r.status == "fail" and r.bound == BOUND
 
 
-def test_the_bound_follows_the_floor():
+@pytest.mark.parametrize("factor, passed", [(0.99, True), (1.01, False), (1.5, False), (5.0, False)])
+def test_the_verdict_is_the_bound_itself(factor, passed):
+    """An error just under its bound passes and just over it fails: a check loosened by any factor fails this."""
+    ref = rand(4096)
+    noise = rand(4096, seed=1)
+    out = ref + noise * (factor * BOUND * ref.norm() / noise.norm())
+    assert mark_stats(out, ref, bound=BOUND).passed is passed
+
+
+def test_a_bound_over_its_cap_never_passes_and_an_error_over_it_still_fails():
     ref = rand(1000)
-    r = mark_stats(ref * (1 + 1e-3), ref, tolerance=TOL, floor=2e-4)
-    assert r.bound == pytest.approx(8 * 2e-4) and r.passed
+    within = mark_stats(ref * (1 + 1e-3), ref, bound=0.1, cap=0.05)
+    assert within.status == "unverifiable" and not within.passed
+    over = mark_stats(ref * 1.2, ref, bound=0.1, cap=0.05)
+    assert over.status == "fail"
+    assert mark_stats(ref * (1 + 1e-3), ref, bound=math.inf, cap=0.05).status == "unverifiable"
+
+
+def test_a_bound_must_be_a_positive_error():
+    with pytest.raises(ValueError, match="bound nan is not a positive relative L2 error"):
+        mark_stats(rand(3), rand(3), bound=math.nan, mark="x")
 
 
 def test_zeros_in_the_reference_are_guarded():
     ref = torch.tensor([0.0, 1.0])
-    r = mark_stats(torch.tensor([1e-3, 1.0]), ref, tolerance=TOL)
+    r = mark_stats(torch.tensor([1e-3, 1.0]), ref, bound=BOUND, band=Band(atol=1e-5, rtol=1e-3))
     assert math.isfinite(r.max_rel) and r.max_abs == pytest.approx(1e-3)
     assert r.frac_outside == 0.5 and r.min_atol == pytest.approx(1e-3)
 
@@ -52,18 +71,25 @@ def test_zeros_in_the_reference_are_guarded():
 def test_nan_fails_and_is_counted():
     out = rand(10)
     out[3] = float("nan")
-    r = mark_stats(out, rand(10), tolerance=TOL)
-    assert not r.passed and r.nonfinite == 1 and math.isnan(r.rel_l2)
+    r = mark_stats(out, rand(10), bound=BOUND)
+    assert not r.passed and r.status == "nonfinite" and r.nonfinite == 1 and math.isnan(r.rel_l2)
+
+
+def test_magnitude_and_headroom_against_the_dtype():
+    out = torch.tensor([1.0, -16376.0, 3.0], dtype=torch.float16)  # 65504 / 16376 = 4.0
+    r = mark_stats(out, out.double(), bound=BOUND)
+    assert r.magnitude == 16376 and r.headroom == pytest.approx(65504 / 16376)
+    assert mark_stats(out.float(), out.double(), bound=BOUND).headroom > 1e34
 
 
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="mark 'x': run shape \\(2,\\) differs from reference \\(3,\\)"):
-        mark_stats(torch.zeros(2), torch.zeros(3), tolerance=TOL, mark="x")
+        mark_stats(torch.zeros(2), torch.zeros(3), bound=BOUND, mark="x")
 
 
 def test_large_tensors_use_a_subsample_for_quantiles():
     ref = rand(1 << 25)
-    r = mark_stats(ref + 1e-3, ref, tolerance=TOL)
+    r = mark_stats(ref + 1e-3, ref, bound=BOUND)
     assert r.numel == 1 << 25 and r.p99_abs == pytest.approx(1e-3, rel=1e-3)
 
 
@@ -73,24 +99,36 @@ def runs():
     return RunResult("ref", ref), RunResult("run", bad)
 
 
+def bounds_of(value, **per_mark):
+    return {m: per_mark.get(m, value) for m in ("a", "b", "c", "output")}
+
+
 def test_first_failure_is_the_first_in_execution_order():
     ref, run = runs()
-    results = compare_simple(tolerance=TOL)(run, ref)
+    results = compare_simple(bounds=bounds_of(BOUND))(run, ref)
     assert list(results) == ["a", "b", "c", "output"] and first_failure(results) == "b"
-    assert list(compare_simple(tolerance=TOL, fail_fast=True)(run, ref)) == ["a", "b"]
+    assert list(compare_simple(bounds=bounds_of(BOUND), fail_fast=True)(run, ref)) == ["a", "b"]
 
 
-def test_per_mark_tolerances_override_the_default():
+def test_each_mark_has_its_own_bound_and_cap():
     ref, run = runs()
-    results = compare_simple(tolerance=TOL, per_mark={"b": Tolerance(rel_l2=0.1)})(run, ref)
+    results = compare_simple(bounds=bounds_of(BOUND, b=0.1))(run, ref)
     assert first_failure(results) == "c"
+    capped = compare_simple(bounds=bounds_of(BOUND, b=0.1), caps={"b": 0.05})(run, ref)
+    assert unverifiable(capped) == ["b"] and first_failure(capped) == "c"
+
+
+def test_a_mark_without_a_bound_is_an_error():
+    ref, run = runs()
+    with pytest.raises(KeyError, match=r"no bound for marks \['output'\]"):
+        compare_simple(bounds={"a": 1, "b": 1, "c": 1})(run, ref)
 
 
 def test_marks_on_one_side_only_are_an_error():
     ref, run = runs()
     run.outputs.pop("a")
     with pytest.raises(KeyError, match=r"marks present on one side only: \['a'\]"):
-        compare_simple(tolerance=TOL)(run, ref)
+        compare_simple(bounds=bounds_of(BOUND))(run, ref)
 
 
 def test_first_nonfinite_and_nondeterminism():
@@ -100,9 +138,11 @@ def test_first_nonfinite_and_nondeterminism():
     assert nondeterministic_marks(ref, run) == ["b", "c"]
 
 
-def test_floors_and_round_trip(tmp_path):
+def test_errors_against_an_oracle_and_round_trip(tmp_path):
     ref, run = runs()
-    floors = floors_against(run, ref)
-    assert floors["a"] == 0 and floors["b"] == pytest.approx(0.01)
+    errors = errors_against(run, ref)
+    assert errors["a"] == 0 and errors["b"] == pytest.approx(0.01)
+    assert rel_l2(torch.zeros(3), torch.zeros(3)) == 0 and rel_l2(torch.ones(3), torch.zeros(3)) == math.inf
+    assert math.isnan(rel_l2(torch.tensor([float("nan")]), torch.ones(1)))
     loaded = RunResult.load(ref.save(tmp_path / "ref.pt"))
     assert loaded.engine_name == "ref" and all(torch.equal(loaded.outputs[k], ref.outputs[k]) for k in ref.outputs)
