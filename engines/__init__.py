@@ -10,17 +10,22 @@ prepares the component (copy, dtype, marks) and hands it over. Nothing here chan
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from engines.components import COMPONENTS, DecodeToImage, Marked, check_component, check_marks, component_module
 from reference.checkpoints import Models
+
+if TYPE_CHECKING:
+    from engines.faults import Fault
 
 # fp64 exists to measure the fp32 reference's own rounding error (the accuracy suite's noise floor). fp8 is an fp16
 # engine whose U-ViT block linears run in float8 e4m3 (engines.fp8); the dtype here is that of everything else.
@@ -80,6 +85,9 @@ class Engine:
     marks: tuple[str, ...]
     seconds: dict[str, float] = field(default_factory=dict)  # build, compile, capture: never part of a run time
     meta: dict[str, object] = field(default_factory=dict)  # backend settings, recorded in reports
+    # what the engine computes differently from the reference on purpose (reference/approximations.py); the accuracy
+    # suite compares it with a reference that does the same, and the image verdicts judge the approximation
+    approximations: tuple[str, ...] = ()
 
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
         return self.fn(**inputs)
@@ -101,7 +109,7 @@ def _closed(**inputs: Tensor) -> dict[str, Tensor]:
     raise RuntimeError("this engine was closed; build a new one")
 
 
-# name -> build(module, *, precision, device, example_inputs, options) -> (callable, seconds, meta)
+# name -> build(module, *, precision, device, example_inputs, cuda_graph, options, fault) -> (callable, seconds, meta)
 ENGINES: dict[str, Callable] = {}
 # name -> limits(*, device, precision, cuda_graph): raises BackendUnavailable for what this backend cannot do here
 LIMITS: dict[str, Callable] = {}
@@ -146,10 +154,21 @@ def check_precision(precision: str) -> str:
 def check_device_support(device: torch.device, *, precision: str, cuda_graph: bool) -> None:
     if cuda_graph and device.type != "cuda":
         raise BackendUnavailable(f"CUDA graphs need a CUDA device; this engine would run on {device.type}")
-    if precision == "fp16" and device.type != "cuda":
-        raise BackendUnavailable("fp16 engines need a CUDA device (CPU kernels for fp16 are slow emulations)")
-    if precision == "fp8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+    if precision == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise BackendUnavailable("fp8 engines need a GPU with FP8 tensor cores (compute capability 8.9 or newer)")
+    if precision == "fp8" and device.type == "cpu" and not _cpu_scaled_mm():
+        raise BackendUnavailable(f"fp8 engines on the CPU need torch._scaled_mm's CPU kernel (torch 2.13 has it; "
+                                 f"this is torch {torch.__version__})")  # fmt: skip
+
+
+@functools.cache
+def _cpu_scaled_mm() -> bool:
+    a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(()), scale_b=torch.ones(()), out_dtype=torch.float16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def engine_name(component: str, backend: str, precision: str, cuda_graph: bool, options: dict) -> str:
@@ -170,13 +189,15 @@ def build_engine(
     postprocess: bool = False,
     guidance: str = "batched",
     module: nn.Module | None = None,
+    fault: Fault | None = None,
     **options: object,
 ) -> Engine:
     """Build `component` of `models` (on their device unless `device` is given).
 
-    `module` replaces the reference component (fault-injection tests pass a perturbed copy); `postprocess` folds the
-    uint8 conversion into the decoder; `guidance="two-calls"` runs the U-ViT step as upstream does; other `options`
-    go to the backend (e.g. attention="sdpa", groupnorm="triton", channels_last=True,
+    `module` replaces the reference component (the accuracy suite passes one making declared approximations);
+    `fault` is injected into the engine's module after the backend's transforms (engines.faults: the fault matrix);
+    `postprocess` folds the uint8 conversion into the decoder; `guidance="two-calls"` runs the U-ViT step as upstream
+    does; other `options` go to the backend (e.g. attention="sdpa", groupnorm="stats", channels_last=True,
     mode="max-autotune-no-cudagraphs").
     """
     from engines.components import example_inputs
@@ -189,8 +210,8 @@ def build_engine(
     device = torch.device(device) if device is not None else next(source.parameters()).device
     check_supported(backend, device=device, precision=precision, cuda_graph=cuda_graph)
     marks = check_marks(component, source, tuple(marks))
-    if postprocess and (component != "decoder" or marks):
-        raise ValueError("postprocess folds uint8 conversion into an unmarked decoder only")
+    if postprocess and (component != "decoder" or marks or fault):
+        raise ValueError("postprocess folds uint8 conversion into an unmarked, unfaulted decoder only")
 
     t0 = time.perf_counter()
     work = copy.deepcopy(source).to(device).eval().requires_grad_(False)
@@ -198,16 +219,19 @@ def build_engine(
     marked = Marked(work, marks)
     inputs = example_inputs(component, models.config, device=device)
     fn, seconds, meta = ENGINES[backend](
-        marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph, options=options
-    )
+        marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph, options=options,
+        fault=fault,
+    )  # fmt: skip
     seconds = {"build": time.perf_counter() - t0, **seconds}
     named = {
         **options,
         **({"uint8": 1} if postprocess else {}),
         **({"guidance": guidance} if guidance != "batched" else {}),
+        **({"fault": fault.label} if fault else {}),
     }
     name = engine_name(component, backend, precision, cuda_graph, named)
-    return Engine(name, fn, component, backend, precision, cuda_graph, marks, seconds, meta)
+    approximations = tuple(meta.pop("approximations", ()))
+    return Engine(name, fn, component, backend, precision, cuda_graph, marks, seconds, meta, approximations)
 
 
 __all__ = ["COMPONENTS", "ENGINES", "PRECISIONS", "BackendUnavailable", "Engine", "build_engine", "register_engine"]

@@ -105,9 +105,12 @@ def _clip_layer_kinds() -> tuple[type, ...]:
     return (CLIPEncoderLayer,)
 
 
+INPUT = ":in"  # a mark named "<path>:in" records the input of the layer at <path>, not its output
+
+
 def check_marks(component: str, module: nn.Module, marks: tuple[str, ...]) -> tuple[str, ...]:
     known = module_by_mark(module)
-    unknown = [m for m in marks if m not in known]
+    unknown = [m for m in marks if m.removesuffix(INPUT) not in known]
     if unknown:
         sample = list(known)[:6]
         raise ValueError(
@@ -122,8 +125,10 @@ def check_marks(component: str, module: nn.Module, marks: tuple[str, ...]) -> tu
 class Marked(nn.Module):
     """Runs `module` and returns {mark: tensor, ..., "output": tensor} with marks in execution order.
 
-    Forward hooks record the outputs; torch.compile traces them, and CUDA-graph capture turns them into static
-    outputs, so every backend returns the same dictionary. A module's output tuple is marked by its first tensor.
+    Forward hooks record the outputs (pre-hooks the inputs, for "<path>:in" marks); torch.compile traces them, and
+    CUDA-graph capture turns them into static outputs, so every backend returns the same dictionary. A module's output
+    tuple is marked by its first tensor; an input already quantised by the layer before (engines.fp8.Quantized) by
+    its dequantised values, in fp32.
     """
 
     def __init__(self, module: nn.Module, marks: tuple[str, ...]):
@@ -131,14 +136,30 @@ class Marked(nn.Module):
         self.module, self.marks = module, marks
         self._store: dict[str, Tensor] = {}
         by_mark = module_by_mark(module)
-        self._handles = [by_mark[m].register_forward_hook(self._recorder(m)) for m in marks]
+        self._handles = [
+            by_mark[m.removesuffix(INPUT)].register_forward_pre_hook(self._input_recorder(m))
+            if m.endswith(INPUT)
+            else by_mark[m].register_forward_hook(self._recorder(m))
+            for m in marks
+        ]
+
+    def _record(self, mark: str, value: object) -> None:
+        value = value[0] if isinstance(value, (tuple, list)) and not hasattr(value, "scale") else value
+        if hasattr(value, "scale"):  # a Quantized (q, scale, dtype): what the layer multiplies by, exactly
+            value = value.q.float() * value.scale
+        # A module run twice per call (two-call guidance: cond, then uncond) is marked by both outputs stacked
+        # on the batch axis, the layout of the batched reference.
+        self._store[mark] = torch.cat([self._store[mark], value]) if mark in self._store else value
 
     def _recorder(self, mark: str):
         def record(module: nn.Module, args: tuple, out: object) -> None:
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            # A module run twice per call (two-call guidance: cond, then uncond) is marked by both outputs stacked
-            # on the batch axis, the layout of the batched reference.
-            self._store[mark] = torch.cat([self._store[mark], out]) if mark in self._store else out
+            self._record(mark, out)
+
+        return record
+
+    def _input_recorder(self, mark: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            self._record(mark, args[0])
 
         return record
 

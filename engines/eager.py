@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from engines import register_engine
+from engines.faults import Fault, inject
 from engines.runtime import cast, finish, swap_children, take_options
 from reference import autoencoder as ae
 
@@ -73,18 +74,20 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
     return module
 
 
-# Library settings every call of an engine runs under (engines.runtime.precision_settings), and their defaults. The
-# fast rungs give cuBLASLt no workspace: at the U-ViT's qkv and fc1 shapes its default picks GEMMs with a dynamic tile
-# scheduler, each after a memset of its counters; without workspace, statically scheduled ones (bench.matrix).
-LIBRARIES = {"cudnn_benchmark": False, "cublaslt_workspace": None}
+# Library settings every call of an engine runs under (engines.runtime.precision_settings), and their defaults.
+LIBRARIES = {"cudnn_benchmark": False}
 
 
 def libraries(opts: dict) -> dict:
     return {name: opts[name] for name in LIBRARIES}
 
 
-def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -> tuple[nn.Module, dict]:
-    """The module transforms the eager and inductor backends share; returns the module and what was applied."""
+def prepare(
+    marked: nn.Module, *, precision: str, options: dict, backend: str, fault: Fault | None = None
+) -> tuple[nn.Module, dict]:
+    """The module transforms the eager and inductor backends share, then the fault if one is asked for; returns the
+    module and what was applied, with the approximations that makes ("approximations", reference/approximations.py).
+    """
     from engines import fp8, fused
 
     defaults = {
@@ -93,9 +96,6 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
         **{name: choices[0] for name, choices in fp8.OPTIONS.items()}, **EXTRA[backend],
     }  # fmt: skip
     opts = take_options(options, defaults, backend=backend)
-    workspace = opts["cublaslt_workspace"]
-    if workspace is not None and (isinstance(workspace, bool) or not isinstance(workspace, int) or workspace < 0):
-        raise ValueError(f"cublaslt_workspace is KiB of cuBLASLt workspace (0: none; None: torch's), not {workspace!r}")
     fp8_options = {name: opts.pop(name) for name in fp8.OPTIONS}
     fp8.check_options(**fp8_options)
     if precision != "fp8" and any(fp8_options[name] != choices[0] for name, choices in fp8.OPTIONS.items()):
@@ -113,7 +113,25 @@ def prepare(marked: nn.Module, *, precision: str, options: dict, backend: str) -
     swap_groupnorm(module, opts["groupnorm"])
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)
-    return module, opts
+    if fault is not None:
+        inject(module.module, fault)
+    return module, {**opts, "approximations": approximations(opts, precision=precision, device=_device(marked))}
+
+
+def approximations(opts: dict, *, precision: str, device: torch.device) -> tuple[str, ...]:
+    """What these options compute differently on purpose: cuBLASLt's GELU epilogue is the tanh form (exact on the
+    CPU); fp8 rounds the block linears through e4m3 with its scaling, and fp8_gelu=tanh is the tanh form too."""
+    made = set()
+    if opts["mlp"] == "epilogue" and device.type == "cuda":
+        made.add("gelu=tanh")
+    if precision == "fp8":
+        made.add(f"fp8={opts['fp8_scaling']}")
+        made.update(["gelu=tanh"] if opts["fp8_gelu"] == "tanh" else [])
+    return tuple(sorted(made))
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 INDUCTOR = {"mode": "default", "persistent_reductions": True, "multi_kernel": False, "persistent_rows": 0}
@@ -121,8 +139,8 @@ EXTRA = {"eager": {}, "autocast": {}, "inductor": INDUCTOR}
 
 
 @register_engine("eager")
-def build(marked, *, precision, device, example_inputs, cuda_graph, options):
-    module, opts = prepare(marked, precision=precision, options=options, backend="eager")
+def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
+    module, opts = prepare(marked, precision=precision, options=options, backend="eager", fault=fault)
     fn, seconds = finish(
         module, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph,
         **libraries(opts),
@@ -131,10 +149,10 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
 
 
 @register_engine("autocast")
-def build_autocast(marked, *, precision, device, example_inputs, cuda_graph, options):
+def build_autocast(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
     if precision not in ("fp16", "bf16"):
         raise ValueError("the autocast backend runs fp32 weights under fp16 or bf16 autocast; choose fp16 or bf16")
-    module, opts = prepare(marked, precision=precision, options=options, backend="autocast")
+    module, opts = prepare(marked, precision=precision, options=options, backend="autocast", fault=fault)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
     def run(**inputs: Tensor) -> dict[str, Tensor]:

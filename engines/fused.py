@@ -202,31 +202,41 @@ class StatsGroupNorm(ae.GroupNorm):
 
 class StatsResnetBlock(ae.ResnetBlock):
     """The reference block with its convolutions run without bias: conv1's is added where norm2 reads its output, and
-    conv2's and nin_shortcut's by the kernel that writes the block's output and, in the same pass, the statistics of
-    the next GroupNorm (all the decoder's GroupNorms have 32 groups and eps 1e-6). Takes and returns (x, its group
-    statistics or None); the output tuple is marked by its first tensor, the block's output."""
+    conv2's and nin_shortcut's by the kernel that writes the block's output and, in the same pass, the statistics for
+    `reader`, the GroupNorm that reads that output, with its groups and eps (None: the statistics go unused). Takes
+    and returns (x, its group statistics or None); the output tuple is marked by its first tensor, the block's
+    output."""
 
-    def forward(self, x: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self, x: Tensor, stats: tuple[Tensor, Tensor] | None = None, reader: nn.GroupNorm | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         h = F.conv2d(self.norm1.then_silu(x, stats=stats), self.conv1.weight, padding=1)  # (B, Cout, H, W)
         h = F.conv2d(self.norm2.then_silu(h, bias=self.conv1.bias), self.conv2.weight, padding=1)
         bias, residual = self.conv2.bias, x
         if self.nin_shortcut is not None:
             bias, residual = bias + self.nin_shortcut.bias, F.conv2d(x, self.nin_shortcut.weight)
-        out, mean, rstd = group_stats(h, bias, residual, self.norm2.num_groups, self.norm2.eps)
-        return out, (mean, rstd)
+        norm = reader if reader is not None else self.norm2
+        out, mean, rstd = group_stats(h, bias, residual, norm.num_groups, norm.eps)
+        return out, ((mean, rstd) if reader is not None else None)
 
 
 class StatsDecoder(ae.Decoder):
-    """The reference decoder passing each residual block's output statistics on to the GroupNorm that reads it."""
+    """The reference decoder passing each residual block's output statistics on to the GroupNorm that reads it: the
+    next block's first norm, or norm_out after the last block (an upsampling or the attention between reads the
+    output itself)."""
 
     def forward(self, z: Tensor) -> Tensor:  # (B, 4, 64, 64) -> (B, 3, 512, 512)
-        h, stats = self.mid.block_1(self.conv_in(z))
-        h, stats = self.mid.block_2(self.mid.attn_1(h))
+        h, _ = self.mid.block_1(self.conv_in(z))
+        steps = [self.mid.block_2]
         for i_level in reversed(range(len(self.up))):
-            for block in self.up[i_level].block:
-                h, stats = block(h, stats)
-            if i_level != 0:
-                h, stats = self.up[i_level].upsample(h), None
+            steps += list(self.up[i_level].block) + ([self.up[i_level].upsample] if i_level != 0 else [])
+        h, stats = self.mid.attn_1(h), None
+        for step, after in zip(steps, [*steps[1:], None], strict=True):
+            if isinstance(step, ae.ResnetBlock):
+                reader = self.norm_out if after is None else after.norm1 if isinstance(after, ae.ResnetBlock) else None
+                h, stats = step(h, stats, reader)
+            else:
+                h, stats = step(h), None
         return self.conv_out(self.norm_out.then_silu(h, stats=stats))
 
 

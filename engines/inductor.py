@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -15,8 +16,8 @@ RECOMPILE_LIMIT = 512
 
 
 @register_engine("inductor")
-def build(marked, *, precision, device, example_inputs, cuda_graph, options):
-    module, opts = prepare(marked, precision=precision, options=options, backend="inductor")
+def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
+    module, opts = prepare(marked, precision=precision, options=options, backend="inductor", fault=fault)
     if opts["mode"] not in MODES:
         raise ValueError(f"unknown inductor mode {opts['mode']!r}; choose from {list(MODES)}")
     for name in ("persistent_reductions", "multi_kernel"):
@@ -27,12 +28,6 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
         raise ValueError(f"persistent_rows is a row length (0: Inductor's own choice), not {rows!r}")
     if rows and not opts["persistent_reductions"]:
         raise ValueError("persistent_rows makes rows persistent, and persistent_reductions=False forbids it")
-    # Every engine compiles the same forward code object with its own guards; without room for them, dynamo would
-    # silently fall back to eager after 8 engines.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    # Marks are forward hooks; by default dynamo does not guard on hooks, so an engine with marks could reuse the
-    # graph of an engine without them (seen: a marked CLIP returned no marks).
-    torch._dynamo.config.skip_nnmodule_hook_guards = False
     # Inductor's settings go in torch.compile's options, not only in a config patch around the call: dynamo reuses a
     # graph compiled for an equal module under equal options, so an engine whose settings lived only in a patch was
     # served the graph of the engine built before it (seen: persistent_rows=2048 after 0 compiled nothing).
@@ -45,10 +40,14 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
 
+    # emulate_precision_casts: a fused kernel rounds each intermediate to the engine's dtype where eager code would
+    # store it, instead of keeping it in fp32 registers; otherwise whether a value is rounded depends on what gets
+    # fused, and marking a layer (which stores its output) moved a bf16 U-ViT's output by 0.7% (tiny, CPU).
     settings = {
         **list_mode_options(opts["mode"]),
         "triton.persistent_reductions": opts["persistent_reductions"],
         "triton.multi_kernel": int(opts["multi_kernel"]),
+        "emulate_precision_casts": True,
     }
     if rows:
         if not hasattr(inductor_config, "inductor_choices_class"):
@@ -57,27 +56,32 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
         from engines import reductions
 
         settings["inductor_choices_class"] = reductions.Rows(rows)
-        reductions.install()
+
+    def around() -> contextlib.ExitStack:
+        """What this engine's compiles and calls run under, set for each and restored after (a guard that fails at
+        a call recompiles there). Every engine compiles the same forward code object with its own guards; without
+        room for them (recompile_limit), dynamo would silently fall back to eager after 8 engines. Marks are forward
+        hooks, and by default dynamo does not guard on hooks, so an engine with marks could reuse the graph of an
+        engine without them (seen: a marked CLIP returned no marks). multi_kernel reads Inductor's config at run time,
+        on the first call, where it times its pairs."""
+        stack = contextlib.ExitStack()
+        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        stack.enter_context(torch._dynamo.config.patch(recompile_limit=limit, skip_nnmodule_hook_guards=False))
+        stack.enter_context(inductor_config.patch(settings))
+        stack.enter_context(environ("TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE", "1" if opts["multi_kernel"] else None))
+        if rows:
+            stack.enter_context(reductions.installed())
+        return stack
+
     compiled = torch.compile(module, backend="inductor", options=settings, dynamic=False)
     t0 = time.perf_counter()
     library = libraries(opts)
-    no_picks_file = environ("TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE", "1" if opts["multi_kernel"] else None)
-    # The same settings patched around the first call as well: it is also where multi_kernel times its pairs, which
-    # reads Inductor's config at run time, and this is how every engine measured before session 8 was built.
-    with inductor_config.patch(settings), no_picks_file:
-        under(precision, compiled, **library)(**example_inputs)  # the first call compiles
+    under(precision, compiled, around=around, **library)(**example_inputs)  # the first call compiles
     if device.type == "cuda":
         torch.cuda.synchronize()
     compile_seconds = time.perf_counter() - t0
-    fn, seconds = finish(compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, **library)
-    return (
-        fn,
-        {"compile": compile_seconds, **seconds},
-        {
-            "backend": "inductor",
-            "torch": torch.__version__,
-            "recompile_limit": torch._dynamo.config.recompile_limit,
-            "hook_guards": True,
-            **opts,
-        },
+    fn, seconds = finish(
+        compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, around=around, **library
     )
+    meta = {"backend": "inductor", "torch": torch.__version__, "recompile_limit": RECOMPILE_LIMIT, **opts}
+    return fn, {"compile": compile_seconds, **seconds}, meta

@@ -105,10 +105,11 @@ def export(module: nn.Module, example_inputs: dict[str, Tensor], path: Path) -> 
 
 
 @register_engine("onnxruntime")
-def build(marked, *, precision, device, example_inputs, cuda_graph, options):
+def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
     import onnxruntime as ort
 
     from engines.eager import EXPORTABLE, set_attention
+    from engines.faults import inject
 
     opts = take_options(
         options, {"attention": "math", "groupnorm": "centered", "export_dir": ""}, backend="onnxruntime"
@@ -119,6 +120,8 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options):
     module = set_attention(cast(marked, precision), opts["attention"], EXPORTABLE)
     if opts["groupnorm"] == "centered":
         centre_groupnorms(module)
+    if fault is not None:
+        inject(module.module, fault)
     folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-onnx-"))
     t0 = time.perf_counter()
     path, names = export(module, example_inputs, folder / "model.onnx")

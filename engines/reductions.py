@@ -7,13 +7,16 @@ instead, so a process that loads the compiled graph from the cache loads one ker
 
 An engine passes `Rows(limit)` as torch.compile's `inductor_choices_class` option, which puts it in the FX graph
 cache's key and in dynamo's comparison of backends. Inductor, though, makes each thread's choices object once, from
-the config of the thread's first compile; `install` replaces it by a `PersistentRows` that reads the limit from the
-config of the compile at hand, and acts as Inductor's own choices where there is none.
+the config of the thread's first compile; `installed` puts a `PersistentRows` in its place while an engine compiles or
+runs, one that reads the limit from the config of the compile at hand and acts as Inductor's own choices where there is
+none.
 Imported only by an engine that asks for it (importing InductorChoices loads much of Inductor).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch._inductor import config
@@ -56,12 +59,15 @@ class PersistentRows(InductorChoices):
         return f"unidiffuser-bench PersistentRows(limit={self.row_limit()})"
 
 
-def install() -> None:
-    """Make this thread's Inductor choices a PersistentRows, unless they already are; refuses to replace choices
-    someone else installed."""
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """This thread's Inductor choices a PersistentRows while the block runs (a compile, or a call that may recompile),
+    then what they were; refuses to replace choices someone else installed."""
     current = V.choices
     if type(current) is PersistentRows:
+        yield
         return
     if type(current) is not InductorChoices:
         raise ValueError(f"persistent_rows would replace this thread's Inductor choices, {type(current).__name__}")
-    V.set_choices_handler(PersistentRows())  # kept: the next compile in this thread may ask for rows again
+    with V.set_choices_handler(PersistentRows()):
+        yield

@@ -6,6 +6,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 from torch import Tensor, nn
@@ -22,19 +23,15 @@ def cast(module: nn.Module, precision: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def precision_settings(
-    precision: str, *, cudnn_benchmark: bool = False, cublaslt_workspace: int | None = None
-) -> Iterator[None]:
+def precision_settings(precision: str, *, cudnn_benchmark: bool = False) -> Iterator[None]:
     """fp32 engines run in strict IEEE fp32 (no TF32), like the reference they are compared with. `cudnn_benchmark`
     lets cuDNN time its convolution algorithms on first use of a shape and keep the fastest (off in the reference:
-    its choice may change the summation order between runs). `cublaslt_workspace`: the KiB of workspace cuBLASLt's
-    GEMMs may use (CUBLASLT_WORKSPACE_SIZE, which torch reads at every GEMM, so it holds for this engine's calls and,
-    in a CUDA graph, its capture); None keeps the process's. Both are process-wide while the engine runs."""
+    its choice may change the summation order between runs). Set around each call and restored after it: two engines
+    built one after the other behave as each does alone."""
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cudnn_benchmark or saved
-    workspace = environ("CUBLASLT_WORKSPACE_SIZE", None if cublaslt_workspace is None else str(cublaslt_workspace))
     try:
-        with strict_fp32() if precision == "fp32" else contextlib.nullcontext(), workspace:
+        with strict_fp32() if precision == "fp32" else contextlib.nullcontext():
             yield
     finally:
         torch.backends.cudnn.benchmark = saved
@@ -58,11 +55,14 @@ def environ(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = saved
 
 
-def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False, cublaslt_workspace: int | None = None) -> Fn:
+def under(precision: str, fn: Fn, *, cudnn_benchmark: bool = False, around: Callable[[], ContextManager] = None) -> Fn:
+    """`fn` run without autograd under its precision settings and, if given, the context `around()` makes (a backend's
+    own settings, engines.inductor)."""
+
     def run(**inputs: Tensor) -> dict[str, Tensor]:
-        settings = precision_settings(precision, cudnn_benchmark=cudnn_benchmark, cublaslt_workspace=cublaslt_workspace)
-        with torch.no_grad(), settings:
-            return fn(**inputs)
+        with torch.no_grad(), precision_settings(precision, cudnn_benchmark=cudnn_benchmark):
+            with around() if around is not None else contextlib.nullcontext():
+                return fn(**inputs)
 
     return run
 
@@ -122,30 +122,29 @@ def finish(
     example_inputs: dict[str, Tensor],
     cuda_graph: bool,
     cudnn_benchmark: bool = False,
-    cublaslt_workspace: int | None = None,
+    around: Callable[[], ContextManager] | None = None,
     warmup: int = 3,
 ) -> tuple[Fn, dict[str, float]]:
-    """Wrap `fn` in its precision settings and, if asked, a CUDA graph captured after `warmup` side-stream calls;
+    """Wrap `fn` in its settings (`under`) and, if asked, a CUDA graph captured after `warmup` side-stream calls;
     returns it with the capture seconds."""
-    settings = {"cudnn_benchmark": cudnn_benchmark, "cublaslt_workspace": cublaslt_workspace}
-    fn = under(precision, fn, **settings)
+    fn = under(precision, fn, cudnn_benchmark=cudnn_benchmark, around=around)
     if not cuda_graph:
         return fn, {}
     t0 = time.perf_counter()
-    with torch.no_grad(), precision_settings(precision, **settings):
-        graphed = Graphed(fn, example_inputs, warmup=warmup)
+    graphed = Graphed(fn, example_inputs, warmup=warmup)
     return graphed, {"capture": time.perf_counter() - t0}
 
 
 def swap_children(module: nn.Module, kind: type | tuple[type, ...], make: Callable[[nn.Module], nn.Module]) -> int:
-    """Replace every submodule of type `kind` by `make(it)`; a mark (forward hook) on a replaced layer stays on it.
+    """Replace every submodule of type `kind` by `make(it)`; a mark (forward hook or pre-hook) on a replaced layer stays
+    on it.
     Returns how many were replaced."""
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, kind):
                 new = make(child)
-                new._forward_hooks = child._forward_hooks
+                new._forward_hooks, new._forward_pre_hooks = child._forward_hooks, child._forward_pre_hooks
                 setattr(parent, name, new)
                 swapped += 1
     return swapped

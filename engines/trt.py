@@ -62,15 +62,18 @@ def build_network(trt, path: Path, *, precision: str, workspace_gib: float, logg
 
 
 @register_engine("trt")
-def build(marked, *, precision, device, example_inputs, cuda_graph, options):
+def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
     import tensorrt as trt
 
     from engines.eager import EXPORTABLE, set_attention
+    from engines.faults import inject
     from engines.onnx import export
 
     opts = take_options(options, {"attention": "math", "workspace_gib": 8, "export_dir": ""}, backend="trt")
     # fp32 weights: TensorRT chooses the lower precision itself
     module = set_attention(marked, opts["attention"], EXPORTABLE)
+    if fault is not None:
+        inject(module.module, fault)
     folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-trt-"))
     t0 = time.perf_counter()
     path, names = export(module, example_inputs, folder / "model.onnx")

@@ -80,7 +80,9 @@ def fill(network_module, values: dict[str, Tensor]) -> None:
 
 
 @register_engine("trtllm")
-def build(marked, *, precision, device, example_inputs, cuda_graph, options):
+def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
+    if fault is not None:
+        raise ValueError("faults are injected into PyTorch modules, and the trtllm backend builds its own network")
     import tensorrt as trt
     import tensorrt_llm
     from tensorrt_llm._utils import str_dtype_to_trt, torch_dtype_to_trt, trt_dtype_to_torch

@@ -4,16 +4,22 @@ import torch
 
 from engines import Engine, build_engine
 from engines.components import component_module, default_marks, example_inputs
+from reference.compare import RunResult, compare_simple, errors_against
+from reference.tolerances import bounds, caps
 
 
-def engine_against_eager(models, component: str, *, bound: float, device: torch.device, **build) -> Engine:
-    """Build `component` with `build` and check every default mark against eager fp32 (relative L2 < bound)."""
+def engine_against_eager(models, component: str, *, device: torch.device, precision: str = "fp32", **build) -> Engine:
+    """Build `component` with `build` and check every default mark against the fp64 reference under the accuracy
+    rule (reference/tolerances.py): within a small multiple of what the eager reference at `precision` errs there."""
     marks = default_marks(component, component_module(component, models))
     inputs = example_inputs(component, models.config, device=device)
-    engine = build_engine(component, models, marks=marks, **build)
-    got, want = engine(**inputs), build_engine(component, models, marks=marks)(**inputs)
-    assert list(got) == list(want)  # the same marks, in execution order
-    for name in want:
-        a, b = got[name].double(), want[name].double()
-        assert ((a - b).norm() / b.norm()).item() < bound, name
+    engine = build_engine(component, models, marks=marks, precision=precision, **build)
+    got = RunResult(engine.name, engine(**inputs))
+    plain = RunResult("plain", build_engine(component, models, marks=marks, precision=precision)(**inputs))
+    oracle = RunResult("fp64", build_engine(component, models, marks=marks, precision="fp64")(**inputs))
+    assert list(got.outputs) == list(oracle.outputs)  # the same marks, in execution order
+    limits = bounds(component, precision, errors_against(plain, oracle))
+    results = compare_simple(bounds=limits, caps=caps(component, precision, list(limits)))(got, oracle)
+    first = next((m for m, r in results.items() if not r), None)
+    assert first is None, (first, results[first].status, results[first].rel_l2, results[first].bound)
     return engine

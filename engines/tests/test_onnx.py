@@ -93,7 +93,7 @@ def test_export_dir_keeps_the_graph(models, tmp_path):
     "kwargs, message",
     [
         (dict(precision="bf16"), "numpy has no bfloat16"),
-        (dict(precision="fp16"), "fp16 engines need a CUDA device"),
+        (dict(precision="fp16"), "fp16 ONNX graphs need onnxruntime's CUDAExecutionProvider"),
         (dict(cuda_graph=True), "CUDA graphs need a CUDA device"),
     ],
     ids=["bf16", "fp16", "graph"],

@@ -28,9 +28,9 @@ def test_weights_keep_the_reference_names(models, component):
     ref = dict(module.named_parameters())
     assert list(w) == list(ref)
     for name, t in w.items():
-        assert torch.equal(t.float(), ref[name].detach().half().float()), name
         norm = ".norm" in name or "norm_out" in name  # every LayerNorm / GroupNorm of these two models
         assert t.dtype == (torch.float32 if norm else torch.float16), name
+        assert torch.equal(t, ref[name].detach().to(t.dtype)), name
 
 
 def test_clip_weights_stack_q_k_v_and_drop_text_model(models):
@@ -70,12 +70,12 @@ def why(precision: str = "fp32", cuda_graph: bool = False) -> str | None:
 
 
 @pytest.mark.parametrize("component", ["clip", "uvit", "decoder"])
-@pytest.mark.parametrize("precision, bound", [("fp32", 1e-4), ("fp16", 1e-2)])
-def test_trtllm_marks_line_up_with_eager(models, component, precision, bound):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_trtllm_marks_line_up_with_eager(models, component, precision):
     if reason := why(precision):
         pytest.skip(reason)
     models = models.to(DEVICE)
-    engine = engine_against_eager(models, component, bound=bound, device=DEVICE, backend="trtllm", precision=precision)
+    engine = engine_against_eager(models, component, device=DEVICE, backend="trtllm", precision=precision)
     assert engine.seconds["trtllm_build"] > 0 and engine.meta["norm_precision"] == "fp32"
 
 
