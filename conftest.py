@@ -21,6 +21,7 @@ import torch
 from bench.matrix import AUTO, Matrix, device_from_config, matrix
 from engines import ALIASES, PRECISIONS, backends, unavailable
 from reference.configs import SIZES, ModelConfig
+from reference.init import INITS
 
 
 def _choices(kind: str, valid: list[str], *, aliases: dict[str, str] | None = None):
@@ -54,6 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="official checkpoints; seeded random weights without. Default: %(default)r")  # fmt: skip
     g.addoption("--weights-seed", metavar="N", default=0, type=int,
                 help="seed of the random weights. Default: %(default)r")  # fmt: skip
+    g.addoption("--init", metavar="NAME", default=INITS[0], choices=INITS,
+                help=f"initialisation of the random weights, {' or '.join(INITS)} (reference/init.py). "
+                     "Default: %(default)r")  # fmt: skip
     g.addoption("--device", metavar="DEV", default=AUTO, type=_choices("device", ["cpu", "cuda"]),
                 help="cuda when available, else cpu. Default: %(default)r")  # fmt: skip
     g.addoption("--backends", metavar="LIST", default=AUTO, type=_choices("backend", backends(), aliases=ALIASES),
@@ -63,6 +67,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="comma-separated fp32, fp16, bf16, fp8 (U-ViT only). Default: %(default)r")  # fmt: skip
     g.addoption("--cuda-graphs", metavar="MODE", default=AUTO, type=_choices("cuda-graph mode", ["off", "on", "both"]),
                 help="off, on or both (both on a GPU, off on a CPU). Default: %(default)r")  # fmt: skip
+    g.addoption("--engine-set", metavar="SET", default="matrix", choices=["matrix", "ladder"],
+                help="the accuracy suite's engines: the matrix of --backends x --precisions x --cuda-graphs, or "
+                     "every engine of the speed-up table's columns and recipes (bench/ladder.py). "
+                     "Default: %(default)r")  # fmt: skip
     g.addoption("--results-dir", metavar="DIR", default="results", type=Path,
                 help="where raw results (JSON) are written. Default: %(default)r")  # fmt: skip
     g.addoption("--accuracy-report", metavar="PATH", default=None, type=Path,
@@ -138,7 +146,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine_spec" in metafunc.fixturenames:
-        specs = matrix(metafunc.config).specs()
+        if metafunc.config.getoption("--engine-set") == "ladder":
+            from bench.ladder import engine_specs
+
+            specs = [s for s in engine_specs() if s.backend in matrix(metafunc.config).backends]
+        else:
+            specs = matrix(metafunc.config).specs()
         metafunc.parametrize("engine_spec", specs, ids=[s.id for s in specs])
 
 
@@ -184,14 +197,21 @@ def models(pytestconfig: pytest.Config, model_config: ModelConfig, device: torch
     from reference.checkpoints import load_models
 
     m = load_models(
-        model_config, weights=pytestconfig.getoption("--weights"), seed=pytestconfig.getoption("--weights-seed")
-    )
+        model_config, weights=pytestconfig.getoption("--weights"), seed=pytestconfig.getoption("--weights-seed"),
+        init=pytestconfig.getoption("--init"),
+    )  # fmt: skip
     return m.to(device)
 
 
 def weights_label(config: pytest.Config) -> str:
+    from reference.checkpoints import random_label
+
     weights = config.getoption("--weights")
-    return str(weights.resolve()) if weights else f"random (seed {config.getoption('--weights-seed')})"
+    return (
+        str(weights.resolve())
+        if weights
+        else random_label(config.getoption("--init"), config.getoption("--weights-seed"))
+    )
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -208,15 +228,20 @@ def env_info(models, run_matrix: Matrix) -> dict[str, str]:
 
 
 class ResultLog:
-    """Rows that tests add, rewritten to one JSON file after every test: a run cut short still leaves its results."""
+    """Tables of rows that tests add ("rows": one per engine and mark; "engines", "activations", "faults"), rewritten
+    to one JSON file after every test: a run cut short still leaves its results."""
 
     def __init__(self, path: Path, env: dict[str, str]) -> None:
-        self.path, self.env, self.rows = path, env, []
+        self.path, self.env, self.tables = path, env, {"rows": []}
 
-    def add(self, rows: list[dict]) -> None:
-        self.rows.extend(rows)
+    @property
+    def rows(self) -> list[dict]:
+        return self.tables["rows"]
+
+    def add(self, rows: list[dict], *, table: str = "rows") -> None:
+        self.tables.setdefault(table, []).extend(rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"env": self.env, "rows": self.rows}, indent=1, default=float))
+        self.path.write_text(json.dumps({"env": self.env, **self.tables}, indent=1, default=float))
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +252,7 @@ def accuracy_log(pytestconfig: pytest.Config, env_info: dict[str, str]):
     log = ResultLog(path, env_info)
     yield log
     report = pytestconfig.getoption("--accuracy-report")
-    if log.rows and report is not None:
+    if any(log.tables.values()) and report is not None:
         from reports.accuracy import write_report
 
         write_report([log.path], report, overwrite=pytestconfig.getoption("--overwrite-reports"))

@@ -1,0 +1,202 @@
+"""The fault matrix: proof that the suite catches real bugs in an engine and names the layer where they are.
+
+Each fault of engines/faults.py is injected into the engine's own module, after its transforms, at an early, a
+middle and a late layer of each component where it applies, at every precision. The clean engine of the same build
+must raise no alarm; the faulty one must fail with its first failing mark exactly the one right after the fault,
+wherever the fault, injected into the fp64 oracle, moves that mark by more than the mark's bound (what rounding at
+that precision allows): an engine that ignores the fault (reads an eps from the wrong layer, say) fails. Where it
+moves it by less, or the bound exceeds its cap, the fault is recorded as below that precision's rounding or
+unverifiable there, with both numbers, and reports/accuracy.md says so. FP8 faults are judged by the FP8-linear check
+(test_accuracy.py), which names the faulty linear itself.
+
+Tiny on a CPU (eager, with the options that run there), full size on a GPU (eager with each fast recipe's kernels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from bench.matrix import fast_options
+from engines import BackendUnavailable, build_engine
+from engines.faults import Fault, FaultDoesNotApply
+from reference.compare import RunResult, compare_simple, errors_against, first_failure, rel_l2
+from reference.tests import fp8_linear_check, fp8_marks
+from reference.tolerances import bounds, caps, rule_for
+
+# (component, fault, position, where it is injected, the mark that must fail first); {mid} and {last} are per size
+FAULTS = [
+    *[("clip", kind, pos, f"clip.encoder.layers.{i}.self_attn", f"clip.encoder.layers.{i}.layer_norm2")
+      for kind in ("heads", "scale") for pos, i in (("early", "0"), ("middle", "{mid}"), ("late", "{last}"))],
+    *[("clip", "ln_eps", pos, f"clip.encoder.layers.{i}.layer_norm1", f"clip.encoder.layers.{i}.layer_norm1")
+      for pos, i in (("early", "0"), ("middle", "{mid}"), ("late", "{last}"))],
+    *[("uvit", kind, pos, f"uvit.{b}.attn", f"uvit.{b}.norm2")
+      for kind in ("heads", "scale") for pos, b in (("early", "in_blocks.0"), ("middle", "mid_block"),
+                                                    ("late", "out_blocks.{half}"))],
+    *[("uvit", "ln_eps", pos, f"uvit.{b}.norm2", f"uvit.{b}.norm2")
+      for pos, b in (("early", "in_blocks.0"), ("middle", "mid_block"), ("late", "out_blocks.{half}"))],
+    *[("uvit", "gelu_tanh", pos, f"uvit.{b}.mlp", f"uvit.{b}.norm3")
+      for pos, b in (("early", "in_blocks.0"), ("middle", "mid_block"), ("late", "out_blocks.{half}"))],
+    ("uvit", "guidance0", "late", "", "output"),
+    *[("uvit", kind, pos, f"uvit.{b}.{linear}", f"uvit.{b}.{linear}")
+      for kind, linear in (("fp8_unscaled", "mlp.fc2"), ("fp8_scale_transposed", "attn.proj"),
+                           ("fp8_wrong_axis", "attn.proj"))
+      for pos, b in (("early", "in_blocks.0"), ("middle", "mid_block"), ("late", "out_blocks.{half}"))],
+    *[("decoder", kind, pos, norm, norm)
+      for kind in ("gn_fp16_stats", "gn_eps")
+      for pos, norm in (("early", "decoder.mid.block_1.norm1"), ("middle", "decoder.up.2.block.1.norm2"),
+                        ("late", "decoder.norm_out"))],
+]  # fmt: skip
+PRECISIONS = {"clip": ("fp32", "fp16", "bf16"), "uvit": ("fp32", "fp16", "bf16", "fp8"),
+              "decoder": ("fp32", "fp16", "bf16")}  # fmt: skip
+CASES = [
+    (c, kind, pos, target, expect, p)
+    for c, kind, pos, target, expect in FAULTS
+    for p in PRECISIONS[c]
+    if p == "fp8" or not kind.startswith("fp8_")
+]
+# must be caught (first mark exact) where the fault moves its mark by this many times the mark's bound
+CLEAR = 2.0
+
+
+def resolve(text: str, models) -> str:
+    return text.format(mid=models.config.clip.layers // 2, last=models.config.clip.layers - 1,
+                       half=models.config.uvit.depth // 2 - 1)  # fmt: skip
+
+
+def engine_options(component: str, precision: str, device) -> dict:
+    """The build faults go into: each fast recipe's options on a GPU; on a CPU those that run there."""
+    opts = dict(fast_options(component, "fp16" if precision in ("fp32", "bf16") else precision))
+    if device.type != "cuda":  # our Triton kernels need a GPU (or the interpreter)
+        opts = {k: v for k, v in opts.items() if not (k == "attention" and v == "triton")}
+        opts = {
+            k: v for k, v in opts.items() if not (k.startswith("fp8_") and k not in ("fp8_scaling", "fp8_accumulate"))
+        }
+        opts.pop("persistent_rows", None)
+    if precision in ("fp32", "bf16"):  # fp16's epilogue and SDPA choices do not carry over
+        opts = {k: v for k, v in opts.items() if k not in ("mlp", "persistent_rows")}
+    return opts
+
+
+@dataclass
+class Built:
+    name: str
+    run: RunResult
+    approximations: tuple[str, ...]
+    meta: dict
+
+
+@pytest.fixture(scope="module")
+def clean_runs(models, references, device):
+    cache: dict[tuple, Built] = {}
+
+    def get(component: str, precision: str, marks: tuple[str, ...]) -> Built:
+        key = (component, precision, marks)
+        if key not in cache:
+            opts = engine_options(component, precision, device)
+            with build_engine(component, models, precision=precision, marks=marks, **opts) as e:
+                cache[key] = Built(e.name, RunResult(e.name, e(**references(component).inputs)), e.approximations,
+                                   e.meta)  # fmt: skip
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def fault_log(accuracy_log):
+    return lambda row: accuracy_log.add([row], table="faults")
+
+
+@pytest.mark.parametrize("component, kind, position, target, expect, precision", CASES,
+                         ids=[f"{c}-{k}-{pos}-{p}" for c, k, pos, _, _, p in CASES])  # fmt: skip
+def test_fault_is_caught_where_it_is_injected(models, references, clean_runs, fault_log, device, component, kind,
+                                              position, target, expect, precision):  # fmt: skip
+    target, expect = resolve(target, models), resolve(expect, models)
+    ref = references(component)
+    fp8_fault = kind.startswith("fp8_")
+    paths = [target] if fp8_fault else []
+    marks = fp8_marks(paths) if fp8_fault else ref.marks
+    try:
+        clean = clean_runs(component, precision, marks)
+        opts = engine_options(component, precision, device)
+        with build_engine(component, models, precision=precision, marks=marks, fault=Fault(kind, target),
+                          **opts) as faulty_engine:  # fmt: skip
+            faulty = RunResult(faulty_engine.name, faulty_engine(**ref.inputs))
+    except (FaultDoesNotApply, BackendUnavailable) as e:
+        pytest.skip(f"{kind} at {target} in {precision}: {e}")
+    row = {"component": component, "fault": kind, "position": position, "target": target, "expected": expect,
+           "precision": precision, "engine": clean.name}  # fmt: skip
+    if fp8_fault:
+        check = {r["linear"]: r for r in fp8_linear_check(faulty.outputs, ref.module, clean, paths)}
+        clean_check = {r["linear"]: r for r in fp8_linear_check(clean.run.outputs, ref.module, clean, paths)}
+        first = next((p for p, r in check.items() if not r["passed"]), None)
+        bound, cap, alarm = check[expect]["bound"], 0.05, next((p for p, r in clean_check.items() if not r["passed"]),
+                                                                 None)  # fmt: skip
+    else:
+        oracle = references(component, clean.approximations)
+        limits = bounds(component, precision, oracle.plain_errors(precision))
+        compare = compare_simple(bounds=limits, caps=caps(component, precision, list(limits)))
+        first, alarm = first_failure(compare(faulty, oracle.oracle)), first_failure(compare(clean.run, oracle.oracle))
+        bound, cap = limits[expect], caps(component, precision, [expect])[expect]
+    if fp8_fault:  # only the engine has FP8 linears: the fault's size as the engine shows it
+        effect = rel_l2(faulty.outputs[expect], clean.run.outputs[expect])
+    else:  # the fault's own size, free of rounding: the same fault in the fp64 oracle
+        oracle = references(component, clean.approximations)
+        with build_engine(component, models, module=oracle.module, precision="fp64", marks=marks,
+                          fault=Fault(kind, target)) as e:  # fmt: skip
+            effect = rel_l2(e(**ref.inputs)[expect], oracle.oracle.outputs[expect])
+    # a fault several times the bound must fail even where the bound is over the cap (an error over any bound fails)
+    verdict = ("must catch" if not math.isfinite(effect) or effect > CLEAR * bound
+               else "unverifiable" if bound > cap else "below rounding" if effect < bound else "marginal")  # fmt: skip
+    caught = first == expect
+    fault_log({**row, "effect": effect, "bound": bound, "cap": cap, "class": verdict, "first_failing_mark": first or
+               "-", "caught": caught, "clean_alarm": alarm or "-"})  # fmt: skip
+
+    assert alarm is None, f"{clean.name} (clean) raised an alarm at {alarm}"
+    if verdict == "must catch":
+        assert caught, (f"{kind} at {target} ({precision}) moved {expect} by {effect:.3g}, {effect / bound:.0f}x its "
+                        f"bound {bound:.3g}; the first failing mark was {first!r}, not {expect!r}")  # fmt: skip
+    elif verdict != "marginal" or not caught:
+        pytest.skip(f"{kind} at {target} ({precision}): {verdict}: effect {effect:.3g} against bound {bound:.3g} "
+                    f"(cap {cap:g}){'; caught anyway' if caught else ''}")  # fmt: skip
+
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("component", ["clip", "uvit", "decoder"])
+def test_clean_engines_raise_no_alarm(model_config, device, component, seed, accuracy_log):
+    """Over several weight seeds, each precision's clean build (the fault matrix's) fails no mark, twice run."""
+    from engines.components import component_module, default_marks, example_inputs
+    from reference.approximations import approximate
+    from reference.checkpoints import load_models
+
+    models = load_models(model_config, seed=seed).to(device)
+    inputs = example_inputs(component, model_config, device=device)
+    alarms = {}
+    for precision in PRECISIONS[component]:
+        opts = engine_options(component, precision, device)
+        marks = default_marks(component, component_module(component, models))
+        try:
+            engine = build_engine(component, models, precision=precision, marks=marks, **opts)
+        except BackendUnavailable as e:
+            alarms[precision] = f"skipped: {e}"
+            continue
+        module = approximate(component_module(component, models), engine.approximations)
+        runs = [RunResult(engine.name, engine(**inputs)) for _ in range(2)]
+        oracle = RunResult("fp64", build_engine(component, models, module=module, marks=marks,
+                                                precision="fp64")(**inputs))  # fmt: skip
+        at = rule_for(component, precision).plain
+        plain = RunResult(at, build_engine(component, models, module=module, marks=marks, precision=at)(**inputs))
+        limits = bounds(component, precision, errors_against(plain, oracle))
+        compare = compare_simple(bounds=limits, caps=caps(component, precision, list(limits)))
+        firsts = [first_failure(compare(run, oracle)) for run in runs]
+        row = {"component": component, "seed": seed, "precision": precision, "engine": engine.name,
+               "runs": len(runs), "alarms": sum(f is not None for f in firsts)}  # fmt: skip
+        accuracy_log.add([row], table="clean")
+        if any(firsts):
+            alarms[precision] = firsts
+    assert not {p: a for p, a in alarms.items() if not str(a).startswith("skipped")}, alarms
