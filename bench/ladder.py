@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.matrix import fast_options
+from bench.matrix import EngineSpec, fast_options
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,17 @@ LADDER: list[Rung] = [
           for c, p in (("clip", "fp16"), ("uvit", "fp8"), ("decoder", "fp16"))}, loop=True),
 ]  # fmt: skip
 BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
+
+
+def engine_specs() -> list[EngineSpec]:
+    """Every engine of the ladder's rungs, once each, in ladder order: what the accuracy suite judges with
+    `--engine-set ladder` (under a rung's `loop`, the U-ViT step the loop runs)."""
+    seen = {
+        EngineSpec(c, b.backend, b.precision, b.cuda_graph, b.options): None
+        for r in LADDER
+        for c, b in r.builds.items()
+    }
+    return list(seen)
 
 
 def build(component: str, spec: Build, models) -> object:

@@ -34,29 +34,14 @@ AUTO = "auto"
 # The decoder's upsamplings as 2x2 convs on the small image (upsample=subpixel, session 10 A/B, interleaved): 6.21 ->
 # 5.58 ms, compile 33 -> 25 s, output rel L2 against fp32 0.0018 -> 0.0019. Its last conv as a GEMM over taps and a
 # shifted sum (conv_out=taps, session 11 A/B, interleaved, with the Triton merge of groupnorm=split): 5.46 -> 5.41 ms.
-# cuBLASLt without workspace (cublaslt_workspace=0, session 13, one process per setting, graph replays back to back):
-# the fp8 U-ViT step 6.99 -> 6.80 ms (its qkv and fc1 GEMMs statically scheduled, without a memset before each), CLIP
-# 0.437 -> 0.417, the fp16 U-ViT 9.22 -> 9.16 and the decoder 5.49 -> 5.49, each the mean of two processes.
 # The decoder's GroupNorms in our kernels with the residual blocks rebuilt around them (groupnorm=stats, session 15,
 # A/B in one process, interleaved, against groupnorm=split): 5.53 -> 5.05 ms, compile 29.7 -> 7.7 s, output rel L2
 # against fp32 0.0018 -> 0.0022; four builds benchmarked 4.86-5.03 ms.
-WORKSPACE = (("cublaslt_workspace", 0),)
 FAST_OPTIONS = {
-    "clip": (("qkv", "stacked"), ("attention", "triton")) + WORKSPACE,
-    "uvit": WORKSPACE,
-    "decoder": (("groupnorm", "stats"), ("channels_last", True), ("upsample", "subpixel"), ("conv_out", "taps"))
-    + WORKSPACE,
+    "clip": (("qkv", "stacked"), ("attention", "triton")),
+    "uvit": (),
+    "decoder": (("groupnorm", "stats"), ("channels_last", True), ("upsample", "subpixel"), ("conv_out", "taps")),
 }
-# fp8 (the U-ViT only, bench.matrix.Matrix.specs): block linears with a scale per token and per output channel, fast
-# accumulation: 9.02 ms per step against 9.71 per tensor and 9.54 per row with exact accumulation, the same error
-# (U-ViT output rel L2 0.288, 0.282, 0.286 against fp32; fp16 0.0046). Session 6 A/B on the H100, interleaved.
-# fc2's GELU + row maximum + cast and attn.proj's row maximum + cast in our Triton kernel (fp8_quantize=triton,
-# session 12 A/B, interleaved): 8.11 -> 7.53 ms per step, the same output (rel L2 0.287), compile 40 -> 29 s. That
-# GELU in its tanh form with the GPU's tanh instruction (fp8_gelu=tanh, as fp16's mlp=epilogue): 7.61 -> 7.29 ms,
-# rel L2 against fp32 0.2876 -> 0.2896 (the two fp8 outputs differ from each other by 0.36: e4m3's rounding, not the
-# GELU, sets the error). Each block LayerNorm with its residual add and its output's quantisation in one launch of our
-# kernel (fp8_layernorm=triton, session 13 A/B, interleaved): 7.25 -> 7.06 ms, rel L2 against fp32 0.2896 -> 0.2904,
-# compile 41 -> 23 s.
 PRECISION_OPTIONS = {
     ("uvit", "fp16"): (("attention", "sdpa"), ("mlp", "epilogue"), ("persistent_rows", 2048)),
     ("uvit", "fp8"): (

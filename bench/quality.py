@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from bench.inception import load_inception
+from reference.tolerances import IMAGE_THRESHOLDS
 
 
 def read_image(path: Path) -> Tensor:
@@ -67,26 +69,82 @@ def _manifest(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def compare_folders(reference: Path, candidate: Path, *, inception_weights: Path | None, device: torch.device) -> dict:
-    """Every image the two folders share (by file name), compared; the manifests say what made them."""
-    ref_pngs = {p.name: p for p in Path(reference).glob("*.png")}
-    pngs = sorted(p for p in Path(candidate).glob("*.png") if p.name in ref_pngs)
-    if not pngs:
-        raise FileNotFoundError(f"{candidate} and {reference} share no image (expected NN_SEED.png files in both)")
-    rows = []
-    for png in pngs:
-        ref = ref_pngs[png.name]
-        stem = png.name[: -len(".png")]
-        latents = (ref.with_name(stem + ".latents.pt"), png.with_name(stem + ".latents.pt"))
-        rows.append({"image": stem, "png": str(png), "reference_png": str(ref), **pair_metrics(ref, png, *latents)})
-    if inception_weights is not None:
+def _stems(folder: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in Path(folder).glob("*") if p.suffix in (".png", ".jpg")}
+
+
+def compare_folders(
+    reference: Path,
+    candidate: Path,
+    *,
+    inception_weights: Path | None,
+    device: torch.device,
+    pixels: dict[str, dict] | None = None,
+) -> dict:
+    """Every image of the reference folder, compared with the candidate's of the same name; the manifests say what
+    made them. Pixel metrics come from the PNGs where both folders hold them, else from `pixels` (image -> metrics,
+    measured where the PNGs were: a GPU run returns its JPEGs only); PD from the JPEGs. An image the candidate's
+    manifest lists as refused (NaN or Inf) counts as failed."""
+    reference, candidate = Path(reference), Path(candidate)
+    refused = _manifest(candidate).get("nonfinite", {})
+    shared = sorted(_stems(reference) & _stems(candidate))
+    if not shared and not refused:
+        raise FileNotFoundError(f"{candidate} and {reference} share no image (expected NN_SEED.png/.jpg in both)")
+    rows = [{"image": stem, "nonfinite": why} for stem, why in sorted(refused.items())]
+    for stem in shared:
+        ref, cand = reference / f"{stem}.png", candidate / f"{stem}.png"
+        row = {"image": stem, "png": str(cand), "reference_png": str(ref)}
+        if ref.is_file() and cand.is_file():
+            latents = (ref.with_name(stem + ".latents.pt"), cand.with_name(stem + ".latents.pt"))
+            row.update(pair_metrics(ref, cand, *latents))
+        elif pixels is not None and stem in pixels:
+            row.update(pixels[stem])
+        rows.append(row)
+    scored = [r for r in rows if "nonfinite" not in r and (reference / f"{r['image']}.jpg").is_file()]
+    if inception_weights is not None and scored:
         net = load_inception(inception_weights).to(device)
-        scores = pd_scores([Path(r["reference_png"]).with_suffix(".jpg") for r in rows],
-                           [Path(r["png"]).with_suffix(".jpg") for r in rows], net, device=device)  # fmt: skip
-        for r, s in zip(rows, scores, strict=True):
+        scores = pd_scores([reference / f"{r['image']}.jpg" for r in scored],
+                           [candidate / f"{r['image']}.jpg" for r in scored], net, device=device)  # fmt: skip
+        for r, s in zip(scored, scores, strict=True):
             r["pd"] = s
+    judged = verdict(rows)
+    missing = sorted(_stems(reference) - _stems(candidate) - set(refused))
+    if missing and judged["verdict"] == "pass":
+        judged["verdict"] = "incomplete"  # a verdict over fewer images than the reference's is no verdict
     return {
-        "reference": str(reference), "candidate": str(candidate), "rows": rows,
+        "reference": str(reference), "candidate": str(candidate), "rows": rows, "missing": missing,
         "pd_weights": str(inception_weights) if inception_weights else None,
         "reference_manifest": _manifest(reference), "candidate_manifest": _manifest(candidate),
+        **judged,
     }  # fmt: skip
+
+
+def pixel_metrics(quality_json: Path) -> dict[str, dict[str, dict]]:
+    """candidate folder -> image -> its pixel and latent metrics, from a `bench quality` result made where the PNGs
+    were; PD is measured again from the JPEGs."""
+    data = json.loads(Path(quality_json).read_text())
+    keep = ("mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2")
+    return {
+        c["candidate"]: {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]} for c in data["comparisons"]
+    }
+
+
+def verdict(rows: list[dict]) -> dict:
+    """Each threshold of reference/tolerances.py (IMAGE_THRESHOLDS) against its aggregate over the images, and the
+    verdict: "pass" only when every one holds and nothing is missing (no PD: "incomplete"), "FAIL" when any fails
+    or any image was refused as NaN/Inf."""
+    values = {"pd_mean": [r["pd"] for r in rows if "pd" in r]}
+    refused = [r["image"] for r in rows if "nonfinite" in r]
+    checks = {"finite": {"aggregate": "count", "op": "<=", "threshold": 0, "value": len(refused),
+                         "passed": not refused}}  # fmt: skip
+    for name, (aggregate, op, limit) in IMAGE_THRESHOLDS.items():
+        xs = values.get(name, [r[name] for r in rows if name in r])
+        if not xs:
+            checks[name] = {"aggregate": aggregate, "op": op, "threshold": limit, "value": None, "passed": None}
+            continue
+        value = {"max": max, "min": min, "mean": statistics.fmean}[aggregate](xs)
+        passed = math.isfinite(value) and (value <= limit if op == "<=" else value >= limit)
+        checks[name] = {"aggregate": aggregate, "op": op, "threshold": limit, "value": value, "passed": passed}
+    outcomes = [c["passed"] for c in checks.values()]
+    status = "FAIL" if False in outcomes else "incomplete" if None in outcomes else "pass"
+    return {"checks": checks, "verdict": status, "images": len(rows)}

@@ -91,3 +91,32 @@ def test_a_rung_builds_the_pipeline_its_column_describes():
                                "decoder": "decoder/eager/fp32"}  # fmt: skip
     a, b = rung("A dog adventuring under the sea", 29764), reference("A dog adventuring under the sea", 29764)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.image, b.image)
+
+
+def test_a_nan_is_a_verdict_never_an_image(bench, tmp_path):
+    """A NaN weight in the U-ViT: `generate` exits 2 naming the stage and writes nothing; `references` writes the
+    finite images only and lists the refused ones in its manifest."""
+    import json
+
+    import torch
+
+    from reference.checkpoints import load_models, write_checkpoints
+    from reference.configs import ModelConfig
+
+    models = load_models(ModelConfig.from_name("tiny"), seed=0)
+    with torch.no_grad():
+        models.uvit.out_blocks[-1].mlp.fc2.weight[0, 0] = float("nan")
+    weights = write_checkpoints(models, tmp_path / "weights")
+    out = tmp_path / "out"
+    result = bench("generate", "--size", "tiny", "--device", "cpu", "--weights", str(weights), "--out", str(out),
+                   "--warmup", "0", "--repeat", "1")  # fmt: skip
+    assert result.ret == 2 and "Traceback" not in result.stderr.str()
+    result.stderr.fnmatch_lines(["error: the uvit stage produced NaN/Inf latents; no image is written from them"])
+    assert not out.exists() or not any(out.rglob("*"))
+    prompts = tmp_path / "p.tsv"
+    prompts.write_text("index\tseed\tprompt\n0\t1\ta cat\n")
+    result = bench("references", "--size", "tiny", "--device", "cpu", "--weights", str(weights), "--prompts",
+                   str(prompts), "--out", str(out / "refs"))  # fmt: skip
+    assert result.ret == 2
+    manifest = json.loads((out / "refs" / "manifest.json").read_text())
+    assert list(manifest["nonfinite"]) == ["00_1"] and not list((out / "refs").glob("*.png"))

