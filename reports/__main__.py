@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("speedup", help="pytest-benchmark JSON from `pytest bench` -> markdown")
     s.add_argument("results", type=Path, nargs="+")
     s.add_argument("--out", type=Path, default=Path("reports/speedup.md"), help="Default: %(default)s")
+    s.add_argument("--quality", type=Path, default=None, metavar="JSON",
+                   help="`python -m bench quality` over the rungs' images: the image verdict beside each column, and "
+                        "the pipeline target judged on passing rungs only. Default: none")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     q = sub.add_parser("pd", help="results/quality.json from `python -m bench quality` -> markdown + image grids")
     q.add_argument("results", type=Path, nargs=1)
@@ -27,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     args = p.parse_args(argv)
     writer = {"accuracy": accuracy.write_report, "speedup": speedup.write_report, "pd": pd.write_report}[args.kind]
+    extra = {"quality": args.quality} if args.kind == "speedup" else {}
     try:
-        print(f"wrote {writer(args.results, args.out, overwrite=args.overwrite)}")
+        print(f"wrote {writer(args.results, args.out, overwrite=args.overwrite, **extra)}")
     except (OSError, ValueError, KeyError) as e:
         p.exit(2, f"error: {e}\n")
 

@@ -76,6 +76,10 @@ def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     if moved is not None and len(moved):
         m = moved.drop_duplicates("engine", keep="last").set_index("engine")
         out["marks moved output"] = m["marks_moved_output"].reindex(out.index).map(sci)
+        if "timed_output_rel_l2" in m:  # where marking changed the program, the unmarked build judged itself
+            timed = m.apply(lambda r: "same program" if r["same_program"] else
+                            f"{r['timed_output_rel_l2']:.3g} / {r['output_bound']:.3g}", axis=1)  # fmt: skip
+            out["unmarked build: output error / bound"] = timed.reindex(out.index).fillna("-")
     fp8 = tables.get("fp8_linears")
     if fp8 is not None and len(fp8):
         fp8 = fp8.assign(r=fp8["rel_l2"] / fp8["bound"]).groupby("engine")["r"].max()
@@ -191,7 +195,10 @@ RULE = (
     "when its relative L2 error is at most `bound = multiplier * plain + floor`, `plain` being what the reference "
     "itself errs there when cast to the engine's precision and run eagerly (TorchBench's rule, reference/"
     "tolerances.py). A bound over the cap (0.05) verifies nothing: such a mark is `unverifiable`, and its engine is "
-    "not reported as passing. The first failing mark is where an engine departs from the reference.\n"
+    "not reported as passing. The first failing mark is where an engine departs from the reference. `marks moved "
+    "output`: how far the engine built without marks (the one timed) is from the marked one; where that is over "
+    "the engine's run-to-run noise and the precision's floor, marking changed the compiled program, and the "
+    "unmarked build is judged itself at its output.\n"
 )
 
 

@@ -134,11 +134,31 @@ def anchor(heading: str) -> str:
     return "#" + re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
 
 
-def against_targets(table: pd.DataFrame, profiles: dict | None = None, also: dict | None = None) -> pd.DataFrame:
+def image_verdicts(quality: dict | None) -> dict[str, str]:
+    """Ladder rung name -> its image verdict (`python -m bench quality` over the rung's images, in a folder named
+    after the rung); the reference is what the others are judged against."""
+    found = {Path(c["candidate"]).name: c.get("verdict", "-") for c in (quality or {}).get("comparisons", [])}
+    return {r.name: "reference" if r.name == LADDER[0].name else found.get(r.name, "not judged") for r in LADDER}
+
+
+def against_targets(
+    table: pd.DataFrame, profiles: dict | None = None, also: dict | None = None, verdicts: dict | None = None
+) -> pd.DataFrame:
     """Best against target per row, with the profile report of the best configuration where one exists
-    (reports.profiles.index of the report's folder), and `also` a further report by row (the U-ViT's ceilings)."""
+    (reports.profiles.index of the report's folder), and `also` a further report by row (the U-ViT's ceilings).
+    With `verdicts` (image_verdicts), the pipeline row's best is the fastest rung whose images pass: a speed target
+    counts only for a recipe that passes."""
     from reports.profiles import spec_key
 
+    table = table.copy()
+    if verdicts is not None:
+        passing = [r.label for r in LADDER if verdicts.get(r.name) in ("pass", "reference")]
+        times = table.loc["pipeline", passing].astype(float).dropna() if passing else pd.Series(dtype=float)
+        best_rung = times.idxmin() if len(times) else None
+        table.loc["pipeline", "best measured"] = times.min() if len(times) else float("nan")
+        table.loc["pipeline", "best configuration"] = (
+            next(r.name for r in LADDER if r.label == best_rung) if best_rung else "no rung passes its image verdict"
+        )
     best = table["best measured"].astype(float)
     target = pd.Series(TARGETS)
     out = pd.DataFrame({"best ms": best, "target ms": target, "best / target": best / target})
@@ -193,13 +213,24 @@ def clocks(df: pd.DataFrame) -> pd.DataFrame:
     return sampled.set_index("name").reindex(columns=cols)  # a CPU run has the count, and no clock columns
 
 
-def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also: dict | None = None) -> str:
+def to_markdown(
+    df: pd.DataFrame,
+    env: dict,
+    profiles: dict | None = None,
+    also: dict | None = None,
+    quality: dict | None = None,
+) -> str:
     table = speedup_table(df)
     fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
     fmt_ms["best configuration"] = table["best configuration"].fillna("-")
     fmt_ms.index = [ROWS[i] for i in table.index]
     sp = speedups(table).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
     sp.index = fmt_ms.index
+    verdicts = image_verdicts(quality) if quality is not None else None
+    if verdicts is not None:  # beside every column: the rung's image verdict (reports/pd.md)
+        row = pd.Series({r.label: verdicts[r.name] for r in LADDER})
+        fmt_ms.loc["image verdict (pd.md)"] = row.reindex(fmt_ms.columns).fillna("")
+        sp.loc["image verdict (pd.md)"] = row.reindex(sp.columns).fillna("")
     eff, peak = efficiency(df, table)
 
     def cell(v: float, share: bool) -> str:
@@ -230,7 +261,7 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also:
             + stages.round(2).to_markdown()
             + "\n"
         )
-    targets = against_targets(table, profiles, also)
+    targets = against_targets(table, profiles, also, verdicts)
     targets.index = [ROWS[i] for i in targets.index]
     parts.append(
         "## Against the performance targets\n\nThe fastest measured configuration of each row, whatever its "
@@ -256,7 +287,7 @@ def to_markdown(df: pd.DataFrame, env: dict, profiles: dict | None = None, also:
             "cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
             "cache folder: a fresh run compiles torch's sources, a warm one reads them; bench/build.py, "
             "`process_env`). Every run given is listed, each with its file: the host's CPU, which differs from "
-            "lease to lease, sets much of a build's time.\n\n"
+            "machine to machine, sets much of a build's time.\n\n"
             + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f")
             + "\n"
         )
@@ -287,12 +318,20 @@ def environment_of(machine: dict) -> dict:
     return env or {"machine": machine.get("node", "unknown"), "python": machine.get("python_version", "")}
 
 
-def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Path:
+def write_report(paths: list[Path], out: Path, *, overwrite: bool = False, quality: Path | None = None) -> Path:
+    """`quality`: `python -m bench quality`'s JSON over the rungs' images, for the verdict beside each column."""
+    import json
+
     df, machine = load_runs(paths)
+    judged = json.loads(Path(quality).read_text()) if quality is not None else None
     from bench.ceilings import REPORT
     from reports.profiles import index
 
     out = check_writable(out, overwrite=overwrite)
     also = {"uvit": REPORT} if (out.parent / REPORT).exists() else {}
-    out.write_text(to_markdown(df, environment_of(machine), index(out.parent), also))
+    env = environment_of(machine)
+    if judged is not None:
+        qenv = judged.get("env", {})
+        env = {**env, "image verdicts": f"{Path(quality).name} ({qenv.get('gpu', '?')}, {qenv.get('commit', '?')})"}
+    out.write_text(to_markdown(df, env, index(out.parent), also, judged))
     return out

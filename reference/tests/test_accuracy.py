@@ -116,8 +116,10 @@ def test_engine_matches_reference(engine_spec, references, engine_runs, accuracy
 
 def test_marks_do_not_perturb(engine_spec, models, references, engine_runs, accuracy_log):
     """The engine built without marks computes what the marked one did, to its own run-to-run noise or below the
-    precision's floor (the finest difference any bound resolves): marking can change what a compiler fuses, and then
-    the verdict on the marked engine would not hold for the timed one."""
+    precision's floor (the finest difference any bound resolves). Marking can change what a compiler fuses or which
+    kernels it picks: at fp16 two such programs round differently (by about the precision's own error), and then
+    the marked engine's verdict does not carry over; the timed build is judged itself, at its output, against the
+    bound of that mark. The report shows both numbers per engine."""
     spec = engine_spec
     runs = engine_runs(spec)
     with build(models, spec) as unmarked:
@@ -125,11 +127,17 @@ def test_marks_do_not_perturb(engine_spec, models, references, engine_runs, accu
     marked = runs.first.outputs["output"]
     noise, moved = rel_l2(runs.second_output, marked), rel_l2(output, marked)
     floor = rule_for(spec.component, spec.precision).floor
-    accuracy_log.add([{"engine": runs.name, "run_to_run": noise, "marks_moved_output": moved, "floor": floor}],
+    ref = references(spec.component, runs.approximations)
+    bound = bounds(spec.component, spec.precision, ref.plain_errors(spec.precision))["output"]
+    timed = rel_l2(output, ref.oracle.outputs["output"])
+    same = moved <= max(noise, floor)
+    accuracy_log.add([{"engine": runs.name, "run_to_run": noise, "marks_moved_output": moved, "floor": floor,
+                       "same_program": same, "timed_output_rel_l2": timed, "output_bound": bound}],
                      table="perturbation")  # fmt: skip
-    assert moved <= max(noise, floor), (
+    assert same or timed <= bound, (
         f"{runs.name}: marking moved the output by {moved:.3g}, over its run-to-run noise {noise:.3g} and the "
-        f"{spec.precision} floor {floor:.3g}: the marked engine's verdict does not hold for the engine timed"
+        f"{spec.precision} floor {floor:.3g}, and the unmarked build's output is {timed:.3g} from the oracle, over "
+        f"the output's bound {bound:.3g}: the engine timed fails where the marked one was judged"
     )
 
 

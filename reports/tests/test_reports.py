@@ -217,3 +217,26 @@ def test_the_speedup_table_takes_the_fastest_and_divides_the_baseline_by_each():
     # 4.66 TFLOP in 10 ms: 466 TFLOP/s, 58% of the 800 TFLOP/s peak
     assert eff.loc["uvit TFLOP/s", "Inductor-FP16 + SDPA + whole-loop graph"] == pytest.approx(466.0)
     assert eff.loc["uvit share of peak", "Inductor-FP16 + SDPA + whole-loop graph"] == pytest.approx(466.0 / 800.0)
+
+
+def test_a_pipeline_target_counts_only_for_a_rung_whose_images_pass():
+    import pandas as pd
+
+    from reports.speedup import against_targets, image_verdicts, speedup_table
+
+    pipelines = (("pytorch-fp16-baseline", 2000.0), ("fast", 500.0), ("fast-fp8", 300.0))
+    rows = speedup_rows() + [
+        {"name": f"test_pipeline[{r}]", "group": "pipeline", "rung": r, "wall_p50_ms": ms} for r, ms in pipelines
+    ]
+    table = speedup_table(pd.DataFrame(rows))
+    assert table.loc["pipeline", "best configuration"] == "fast-fp8"  # the fastest, whatever its images
+    quality = {"comparisons": [{"candidate": "results/images/fast", "verdict": "pass"},
+                               {"candidate": "results/images/fast-fp8", "verdict": "FAIL"}]}  # fmt: skip
+    verdicts = image_verdicts(quality)
+    assert verdicts["pytorch-fp32"] == "reference" and verdicts["fast-fp8"] == "FAIL"
+    assert verdicts["inductor-fp16"] == "not judged"
+    judged = against_targets(table, verdicts=verdicts)
+    assert judged.loc["pipeline", "configuration"] == "fast" and judged.loc["pipeline", "best ms"] == 500.0
+    assert against_targets(table).loc["pipeline", "best ms"] == 300.0
+    nobody = image_verdicts({"comparisons": [{"candidate": "x/fast", "verdict": "FAIL"}]})
+    assert against_targets(table, verdicts=nobody).loc["pipeline", "met"] == "no"
