@@ -56,10 +56,12 @@ class Events:
         return out
 
     def ms(self, *, skip: int = 0) -> list[float]:
+        """Per call, leaving out the first `skip` (warm-up) calls: one slice for both clocks."""
+        timed = self.pairs[skip:]
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            return [s.elapsed_time(e) for s, e in self.pairs[skip:]]
-        return [(e - s) * 1e3 for s, e in self.pairs[skip:]]
+            return [s.elapsed_time(e) for s, e in timed]
+        return [(e - s) * 1e3 for s, e in timed]
 
 
 def reset_peak_memory(device: torch.device) -> None:
