@@ -161,7 +161,7 @@ def quality(
     weights = inception if inception is not None else packaged_weights()  # None: no PD, and the report says so
     measured = pixel_metrics(pixels) if pixels is not None else {}
     comparisons = [
-        compare_folders(reference, c, inception_weights=weights, device=dev, pixels=measured.get(str(c)))
+        compare_folders(reference, c, inception_weights=weights, device=dev, pixels=measured.get(Path(c).name))
         for c in candidates
     ]
     weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"

@@ -120,12 +120,13 @@ def compare_folders(
 
 
 def pixel_metrics(quality_json: Path) -> dict[str, dict[str, dict]]:
-    """candidate folder -> image -> its pixel and latent metrics, from a `bench quality` result made where the PNGs
+    """candidate folder's name -> image -> its pixel and latent metrics, from a `bench quality` result made where the PNGs
     were; PD is measured again from the JPEGs."""
     data = json.loads(Path(quality_json).read_text())
     keep = ("mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2")
     return {
-        c["candidate"]: {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]} for c in data["comparisons"]
+        Path(c["candidate"]).name: {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]}
+        for c in data["comparisons"]
     }
 
 
