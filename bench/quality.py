@@ -120,8 +120,8 @@ def compare_folders(
 
 
 def pixel_metrics(quality_json: Path) -> dict[str, dict[str, dict]]:
-    """candidate folder's name -> image -> its pixel and latent metrics, from a `bench quality` result made where the PNGs
-    were; PD is measured again from the JPEGs."""
+    """candidate folder's name -> image -> its pixel and latent metrics, from a `bench quality` result made where
+    the PNGs were; PD is measured again from the JPEGs."""
     data = json.loads(Path(quality_json).read_text())
     keep = ("mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2")
     return {
