@@ -130,11 +130,27 @@ def fault_matrix(faults: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def detection(rows: pd.DataFrame, faults: pd.DataFrame | None) -> pd.DataFrame:
     """Per mark and precision, the smallest change of that mark's output that fails it (its bound, from the plain
-    engine of the precision), and the smallest fault of the matrix caught there."""
-    plain = rows[rows["backend"] == "eager"].drop_duplicates(["mark", "precision"])
-    table = plain.pivot_table(index=["order", "mark"], columns="precision", values="bound", sort=False)
-    table = table.reindex(columns=[p for p in PRECISION_ORDER if p in table.columns]).map(sci)
-    table = table.reset_index(level="order", drop=True)
+    engine of the precision, for engines that approximate nothing), and the smallest fault of the matrix caught
+    there."""
+
+    def named(df: pd.DataFrame, column: str) -> pd.Series:  # every component has an "output" mark
+        return df[column].where(df[column] != "output", df["component"] + " output")
+
+    rows = rows.assign(mark=named(rows, "mark"))
+    if faults is not None and len(faults):
+        faults = faults.assign(expected=named(faults, "expected"))
+    exact = rows[rows["approximations"] == "-"].drop_duplicates(["mark", "precision"])  # a precision's bounds
+    rank = {c: i for i, c in enumerate(["clip", "uvit", "decoder"])}
+    exact = exact.assign(rank=exact["component"].map(rank)).sort_values(["rank", "order"], kind="stable")
+    table = exact.pivot_table(index=["rank", "order", "mark"], columns="precision", values="bound", sort=False)
+    table = table.reset_index(level=["rank", "order"], drop=True)
+    if faults is not None and len(faults):  # the fault matrix's engines give the bounds at the other precisions
+        extra = faults[faults["expected"].isin(table.index)].drop_duplicates(["expected", "precision"])
+        for _, r in extra[~extra["fault"].str.startswith("fp8_")].iterrows():
+            if r["precision"] not in table or pd.isna(table.loc[r["expected"], r["precision"]]):
+                table.loc[r["expected"], r["precision"]] = r["bound"]
+    order = [p for p in PRECISION_ORDER if p in table.columns]
+    table = table.reindex(columns=order).map(lambda v: "-" if pd.isna(v) else sci(v))
     if faults is not None and len(faults):
         caught = faults[faults["caught"].astype(bool)]
         smallest = caught.sort_values("effect").drop_duplicates("expected").set_index("expected")
