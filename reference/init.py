@@ -194,6 +194,15 @@ class _TrainedLike(_Draws):
         if lin.bias is not None:
             self.normal(lin.bias, bias * r_out)
 
+    def attention_update(self, qkv: list[nn.Module], out: nn.Module, *, width: int, r_h: float, r: float) -> float:
+        """A residual attention branch (q, k, v projections with small biases) on a stream of RMS `r` whose norm
+        gives `r_h`; returns the stream's RMS after the branch is added."""
+        q, k, v = qkv
+        self.attention([q.weight, k.weight], v.weight, out, width=width, r_in=r_h, r_out=UPDATE_GAIN * r)
+        for proj in qkv:
+            self.normal(proj.bias, 0.02)
+        return math.sqrt(r**2 * (1 + UPDATE_GAIN**2))
+
     def attention(self, qk: list[Tensor], v: Tensor, out: nn.Module, *, width: int, r_in: float, r_out: float) -> None:
         """q and k weights for logits of standard deviation LOGIT_STD, whatever the head size: with q = x Wq and
         k = x Wk (entries N(0, s^2)), q.k * head^-0.5 over a head has standard deviation width * r_in^2 * s^2; k then
@@ -290,11 +299,7 @@ class _TrainedLike(_Draws):
             elif isinstance(b, ae.AttnBlock):
                 C = b.q.out_channels
                 r_h = self.norm(b.norm, None)
-                self.attention([b.q.weight, b.k.weight], b.v.weight, b.proj_out, width=C, r_in=r_h,
-                               r_out=UPDATE_GAIN * r)  # fmt: skip
-                for conv in (b.q, b.k, b.v):
-                    self.normal(conv.bias, 0.02)
-                r = math.sqrt(r**2 * (1 + UPDATE_GAIN**2))
+                r = self.attention_update([b.q, b.k, b.v], b.proj_out, width=C, r_h=r_h, r=r)
             else:  # Upsample
                 self.conv(b.conv, r_in=r, r_out=r)
                 self.group_offsets(b.conv, r)
@@ -318,11 +323,7 @@ class _TrainedLike(_Draws):
         for layer in tower.encoder.layers:
             a, mlp = layer.self_attn, layer.mlp
             r_h = self.norm(layer.layer_norm1, None)
-            self.attention([a.q_proj.weight, a.k_proj.weight], a.v_proj.weight, a.out_proj, width=W, r_in=r_h,
-                           r_out=UPDATE_GAIN * r)  # fmt: skip
-            for proj in (a.q_proj, a.k_proj, a.v_proj):
-                self.normal(proj.bias, 0.02)
-            grown = math.sqrt(r**2 * (1 + UPDATE_GAIN**2))
+            grown = self.attention_update([a.q_proj, a.k_proj, a.v_proj], a.out_proj, width=W, r_h=r_h, r=r)
             a.out_proj.bias[outliers] += G * (grown - r) * self.signs
             r = grown
             r_h = self.norm(layer.layer_norm2, None)
