@@ -84,12 +84,17 @@ def caps(component: str, precision: str, marks: list[str]) -> dict[str, float]:
 
 
 # Image verdicts (bench/quality.py): a recipe's images over the 40 (prompt, seed) pairs of the original protocol
-# against the strict-fp32 reference's. Each metric's threshold is argued from what clean engines measured on the
-# H200 (reports/pd.md, "Thresholds"), and the contest's own rule for PD (SPEC section 7: an image above 12 failed).
+# against the strict-fp32 reference's. PD's limits come from the contest (SPEC section 7): an image above 12 failed,
+# and the seed's accepted fp16 engine averaged 6.883 with real weights, so a mean limit must sit above that. The
+# others from the clean engines' spread measured so far (H100, upstream-init weights, reports/data/
+# quality-h100-seed.json): the fast fp16 recipe at PSNR >= 59.1 dB, SSIM 0.9999, latents 0.0016; the fast-fp8 one,
+# the least exact recipe that is correct, at PSNR 32.6-33.5 dB, SSIM 0.986-0.988, latents 0.111-0.118. The limits
+# leave it a margin (7 dB, SSIM 0.19, latents 2x) and fail an engine whose images are a different picture (PSNR
+# 25 dB is a mean pixel error of about 10 of 255). To be re-derived from the trained-like weights' run on the H200.
 #   metric                 aggregate over the images  passes when
 IMAGE_THRESHOLDS: dict[str, tuple[str, str, float]] = {
     "pd": ("max", "<=", 12.0),  # the contest's rule, image by image
-    "pd_mean": ("mean", "<=", 6.0),
+    "pd_mean": ("mean", "<=", 8.0),  # above the seed's accepted 6.883, below the per-image limit
     "psnr_db": ("min", ">=", 25.0),
     "ssim": ("min", ">=", 0.80),
     "latents_rel_l2": ("max", "<=", 0.25),
