@@ -50,7 +50,7 @@ class References:
 
 @pytest.fixture(scope="session")
 def references(models, model_config, device):
-    """(component, approximations) -> its References, made once per session."""
+    """(component, approximations) -> its References, made once per pytest run."""
     cache: dict[tuple[str, tuple[str, ...]], References] = {}
 
     def get(component: str, approximations: tuple[str, ...] = ()) -> References:
