@@ -26,11 +26,18 @@ TARGETS = {  # reference/init.py's targets for the trained-like weights, as the 
 }  # fmt: skip
 
 
+def chronological(paths: list[Path]) -> list[Path]:
+    """The result files by the date their run recorded, then by name: the report is the same whatever order they are
+    given in, and a later run's row replaces an earlier one's."""
+    dated = [(json.loads(Path(p).read_text())["env"].get("date", ""), Path(p).name, Path(p)) for p in paths]
+    return [p for _, _, p in sorted(dated)]
+
+
 def load(paths: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    """Each table merged over the files (split runs, xdist workers), in the order given; the first file's env."""
+    """Each table merged over the files (split runs, xdist workers), oldest first; the oldest run's env."""
     if not paths:
         raise ValueError("no accuracy result files given")
-    data = [json.loads(Path(p).read_text()) for p in paths]
+    data = [json.loads(Path(p).read_text()) for p in chronological(paths)]
     names = {k for d in data for k in d if k != "env"}
     tables = {k: pd.DataFrame([row for d in data for row in d.get(k, [])]) for k in names}
     rows = tables.get("rows", pd.DataFrame())
@@ -48,7 +55,7 @@ def load_rows(paths: list[Path]) -> tuple[pd.DataFrame, dict[str, str]]:
 def runs(paths: list[Path]) -> pd.DataFrame:
     """Where each merged file came from: its date, commit and GPU, and how many engines it holds."""
     rows = []
-    for p in paths:
+    for p in chronological(paths):
         data = json.loads(Path(p).read_text())
         env = data["env"]
         engines = len({r["engine"] for r in data.get("rows", [])})
@@ -180,25 +187,28 @@ def by_layer(rows: pd.DataFrame, component: str, precision: str) -> pd.DataFrame
 
 
 def plot(rows: pd.DataFrame, path: Path) -> Path:
-    comps = list(dict.fromkeys(rows["component"]))
-    precs = [p for p in PRECISION_ORDER if p in set(rows["precision"])]
-    fig, axes = plt.subplots(len(comps), len(precs), figsize=(5.5 * len(precs), 3.6 * len(comps)), squeeze=False)
-    for i, comp in enumerate(comps):
-        for j, prec in enumerate(precs):
-            ax = axes[i][j]
-            g = rows[(rows["component"] == comp) & (rows["precision"] == prec)]
-            for engine, e in g.groupby("engine", sort=False):
-                e = e.sort_values("order")
-                ax.semilogy(e["order"], e["rel_l2"].clip(lower=1e-12), marker=".", lw=1, label=engine.split("/", 1)[1])
-            if not g.empty:
-                ref = g.drop_duplicates("order").sort_values("order")
-                ax.semilogy(ref["order"], ref["plain"].clip(lower=1e-12), "k--", lw=1, label=f"plain {prec}")
-                ax.semilogy(ref["order"], ref["bound"], "r:", lw=1, label="bound")
-                ax.axhline(ref["cap"].iloc[0], color="grey", lw=0.8, label="cap")
-                ax.legend(fontsize=6)
-            ax.set_title(f"{comp} {prec}", fontsize=9)
-            ax.set_xlabel("mark (execution order)", fontsize=8)
-            ax.set_ylabel("relative L2 error against fp64", fontsize=8)
+    """One panel per (component, precision) that has engines; the legend under each panel, engines by their build."""
+    panels = list(dict.fromkeys(zip(rows["component"], rows["precision"], strict=True)))
+    panels.sort(key=lambda cp: PRECISION_ORDER.index(cp[1]) if cp[1] in PRECISION_ORDER else len(PRECISION_ORDER))
+    panels.sort(key=lambda cp: list(dict.fromkeys(rows["component"])).index(cp[0]))
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 5.2 * nrows), squeeze=False)
+    for ax, (comp, prec) in zip(axes.flat, panels, strict=False):
+        g = rows[(rows["component"] == comp) & (rows["precision"] == prec)]
+        for engine, e in g.groupby("engine", sort=False):
+            e = e.sort_values("order")
+            ax.semilogy(e["order"], e["rel_l2"].clip(lower=1e-12), marker=".", lw=1, label=engine.split("/", 1)[1])
+        ref = g.drop_duplicates("order").sort_values("order")
+        ax.semilogy(ref["order"], ref["plain"].clip(lower=1e-12), "k--", lw=1, label=f"plain {prec}")
+        ax.semilogy(ref["order"], ref["bound"], "r:", lw=1, label="bound")
+        ax.axhline(ref["cap"].iloc[0], color="grey", lw=0.8, label="cap")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
+        ax.set_title(f"{comp} {prec}", fontsize=9)
+        ax.set_xlabel("mark (execution order)", fontsize=8)
+        ax.set_ylabel("relative L2 error against fp64", fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -223,7 +233,7 @@ def to_markdown(tables: dict[str, pd.DataFrame], env: dict[str, str], *, images:
     rows = tables.get("rows", pd.DataFrame())
     parts = [env_header("Layer-wise accuracy against the fp64 oracle", env)]
     if merged is not None and len(merged) > 1:
-        parts.append("The header is the first run's; this report merges these runs (a later row replaces an earlier "
+        parts.append("The header is the oldest run's; this report merges these runs (a later row replaces an earlier "
                      "one of the same engine and mark):\n\n" + merged.to_markdown(index=False) + "\n")  # fmt: skip
     parts.append(RULE)
     if len(rows):

@@ -58,6 +58,9 @@ def test_a_merged_report_lists_its_runs(accuracy_results, tmp_path):
     second = tmp_path / "accuracy-later.json"
     second.write_text(json.dumps(data))
     md = write_report([first, second], tmp_path / "m.md").read_text()
+    (tmp_path / "r").mkdir()
+    assert write_report([second, first], tmp_path / "r" / "m.md").read_text() == md  # the order given is irrelevant
+    assert (tmp_path / "r" / "m.png").read_bytes() == (tmp_path / "m.png").read_bytes()
     assert "this report merges these runs" in md
     assert f"| {first.name} " in md and "| accuracy-later.json " in md and "abc123" in md
 
