@@ -78,7 +78,7 @@ class StatsConfig:
 
 # Fixed, not autotuned: Inductor's per-build timing of candidate configurations made the same decoder 5.2-5.7 ms from
 # build to build. (channels, pixels per sample, with residual) -> config, the fastest of up to 120 at each of the
-# decoder's fp16 shapes in a sweep on an H100 (session 15: 2.5-2.9 TB/s where a copy runs at 2.9); other shapes take
+# decoder's fp16 shapes in a sweep on an H100 (2.5-2.9 TB/s where a copy runs at 2.9); other shapes take
 # `rule`.
 STATS_CONFIGS = {
     (128, 512 * 512, False): StatsConfig(64, 128, 2048, warps=4, stages=1),

@@ -50,7 +50,7 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
         df = df.assign(p50_ms=median.where(median.notna(), df["p50_ms"]))
     df.attrs["runs"] = pd.DataFrame(runs)  # which file (date, commit) each part of the report comes from
     df.attrs["rebuilds"] = repeated
-    # every build run, not only the last: a build's seconds depend on the host's CPU, which changes between leases
+    # every build run, not only the last: a build's seconds depend on the host's CPU, which changes between machines
     df.attrs["builds"] = every[every["group"] == "build"]
     return df, machine or {}
 

@@ -191,7 +191,7 @@ def test_engines_take_another_floating_dtype_but_not_another_shape(cpu_models):
 # torch.compile's options; before, this engine was served the graph of a plain one): the tiny U-ViT fails to compile,
 # TypeError "'NoneType' object does not support the context manager protocol" from a Triton JITFunction, the error of
 # README "Known problems". The full-size fp8 U-ViT compiles with it, but its marked graph failed to load from the FX
-# graph cache (session 9). Any other failure still fails the test.
+# graph cache. Any other failure still fails the test.
 MULTI_KERNEL_BUG = pytest.mark.xfail(
     raises=torch._dynamo.exc.BackendCompilerFailed, strict=False,
     reason="Inductor multi_kernel, torch 2.11 / Triton 3.6: JITFunction without its hash lock (README Known problems)",
