@@ -47,7 +47,7 @@ def process_env(cache_dir: Path) -> dict[str, str]:
     the same folder. A machine that has run torch before keeps the bytecode of what it imported (pip also writes it at
     install), and a warm build must start from that too: the lent H100's torch has none and its environment sets
     PYTHONDONTWRITEBYTECODE=1, so every process there compiled torch's modules from source, which took a warm build
-    from 11.8 s to 16.7-18.6 s (session 8)."""
+    from 11.8 s to 16.7-18.6 s."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(Path(cache_dir).resolve() / PYCACHE)
     return env

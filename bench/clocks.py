@@ -1,5 +1,5 @@
 """The GPU's SM clock and power draw, sampled by `nvidia-smi --loop-ms` while a benchmark runs: a run that reads slow
-because the GPU held a lower clock (power or thermal limits, another lease's card) says so in its own JSON.
+because the GPU held a lower clock (power or thermal limits, another tenant's card) says so in its own JSON.
 
     with ClockSampler(device) as clocks:
         ...timed rounds...

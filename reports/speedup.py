@@ -187,7 +187,7 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     seconds = sorted(c for c in runs if c.endswith("_s") and c not in ("build_s", "model_load_s"))
     seconds = [c for c in seconds if runs[c].notna().any()]
-    extra = [c for c in ("python_bytecode",) if c in runs and runs[c].notna().any()]  # recorded since session 8
+    extra = [c for c in ("python_bytecode",) if c in runs and runs[c].notna().any()]  # recorded by newer runs
     out = runs.set_index(["rung", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
     out.insert(1, "target_s", [BUILD_TARGETS.get(c, float("nan")) for _, c in out.index])
     out.insert(2, "met", (out["build_s"] <= out["target_s"]).map({True: "yes", False: "no"}))
@@ -266,7 +266,8 @@ def to_markdown(
     parts.append(
         "## Against the performance targets\n\nThe fastest measured configuration of each row, whatever its "
         "accuracy (reports/accuracy.md, reports/pd.md say which engines qualify), and its kernel profile where one "
-        "was taken: where the time goes (README.md, 'Performance', sets it against the floor); for the U-ViT step "
+        "was taken: where the time goes (docs/performance.md, 'Performance: where the time goes', sets it against "
+        "the floor); for the U-ViT step "
         "also the fastest kernels at its shapes, when `python -m bench ceilings` has been run.\n\n"
         + targets.to_markdown(floatfmt=".3f")
         + "\n"
