@@ -144,7 +144,7 @@ def verdict(rows: list[dict]) -> dict:
             checks[name] = {"aggregate": aggregate, "op": op, "threshold": limit, "value": None, "passed": None}
             continue
         value = {"max": max, "min": min, "mean": statistics.fmean}[aggregate](xs)
-        passed = math.isfinite(value) and (value <= limit if op == "<=" else value >= limit)
+        passed = not math.isnan(value) and (value <= limit if op == "<=" else value >= limit)  # PSNR inf: identical
         checks[name] = {"aggregate": aggregate, "op": op, "threshold": limit, "value": value, "passed": passed}
     outcomes = [c["passed"] for c in checks.values()]
     status = "FAIL" if False in outcomes else "incomplete" if None in outcomes else "pass"

@@ -131,8 +131,9 @@ def rows(**overrides):
         ({"ssim": 0.79}, "ssim"),
         ({"latents_rel_l2": 0.26}, "latents_rel_l2"),
         ({"latents_rel_l2": float("nan")}, "latents_rel_l2"),
+        ({"psnr_db": float("inf"), "latents_rel_l2": 0.0}, None),
     ],
-    ids=["clean", "pd-over-12", "pd-under-12", "psnr", "ssim", "latents", "nan"],
+    ids=["clean", "pd-over-12", "pd-under-12", "psnr", "ssim", "latents", "nan", "identical"],
 )
 def test_one_image_past_a_threshold_fails_the_recipe(overrides, failing):
     from bench.quality import verdict
