@@ -107,10 +107,8 @@ def compare_folders(
                            [candidate / f"{r['image']}.jpg" for r in scored], net, device=device)  # fmt: skip
         for r, s in zip(scored, scores, strict=True):
             r["pd"] = s
-    judged = verdict(rows)
     missing = sorted(_stems(reference) - _stems(candidate) - set(refused))
-    if missing and judged["verdict"] == "pass":
-        judged["verdict"] = "incomplete"  # a verdict over fewer images than the reference's is no verdict
+    judged = verdict(rows, missing=missing)
     return {
         "reference": str(reference), "candidate": str(candidate), "rows": rows, "missing": missing,
         "pd_weights": str(inception_weights) if inception_weights else None,
@@ -130,10 +128,10 @@ def pixel_metrics(quality_json: Path) -> dict[str, dict[str, dict]]:
     }
 
 
-def verdict(rows: list[dict]) -> dict:
+def verdict(rows: list[dict], *, missing: list[str] = ()) -> dict:
     """Each threshold of reference/tolerances.py (IMAGE_THRESHOLDS) against its aggregate over the images, and the
     verdict: "pass" only when every one holds and nothing is missing (no PD: "incomplete"), "FAIL" when any fails
-    or any image was refused as NaN/Inf."""
+    or any image was refused as NaN/Inf; "incomplete" too where images of the reference are `missing`."""
     values = {"pd_mean": [r["pd"] for r in rows if "pd" in r]}
     refused = [r["image"] for r in rows if "nonfinite" in r]
     checks = {"finite": {"aggregate": "count", "op": "<=", "threshold": 0, "value": len(refused),
@@ -147,5 +145,6 @@ def verdict(rows: list[dict]) -> dict:
         passed = not math.isnan(value) and (value <= limit if op == "<=" else value >= limit)  # PSNR inf: identical
         checks[name] = {"aggregate": aggregate, "op": op, "threshold": limit, "value": value, "passed": passed}
     outcomes = [c["passed"] for c in checks.values()]
-    status = "FAIL" if False in outcomes else "incomplete" if None in outcomes else "pass"
+    # a verdict over fewer images than the reference's (`missing`) is no verdict
+    status = "FAIL" if False in outcomes else "incomplete" if None in outcomes or missing else "pass"
     return {"checks": checks, "verdict": status, "images": len(rows)}

@@ -151,6 +151,7 @@ def test_a_mean_pd_past_its_threshold_fails_and_no_pd_is_incomplete():
     assert verdict([{**r, "pd": limit + 0.1} for r in rows()])["checks"]["pd_mean"]["passed"] is False
     assert verdict([{**r, "pd": limit - 0.1} for r in rows()])["verdict"] == "pass"
     assert verdict([{**r, "pd": 6.883} for r in rows()])["verdict"] == "pass"  # what the contest accepted (SPEC 7)
+    assert verdict(rows(), missing=["39_1"])["verdict"] == "incomplete"  # one image short is no verdict
     no_pd = verdict([{k: v for k, v in r.items() if k != "pd"} for r in rows()])
     assert no_pd["verdict"] == "incomplete" and no_pd["checks"]["pd"]["passed"] is None
 
