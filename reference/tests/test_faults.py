@@ -78,7 +78,7 @@ def engine_options(component: str, precision: str, device) -> dict:
         }
     opts.pop("persistent_rows", None)  # an Inductor setting; faults go into eager engines
     if precision in ("fp32", "bf16"):  # fp16's epilogue and SDPA choices do not carry over
-        opts = {k: v for k, v in opts.items() if k not in ("mlp", "persistent_rows")}
+        opts = {k: v for k, v in opts.items() if k != "mlp"}
     return opts
 
 
