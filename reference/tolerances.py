@@ -5,7 +5,10 @@ the fp64 oracle as a plain implementation at that precision is, plus a small flo
 
     bound(mark) = multiplier * plain(mark) + floor          plain(mark) = rel L2(plain run, oracle) at the mark
 
-The oracle is the reference in fp64, making the engine's declared approximations (reference/approximations.py).
+The oracle is the reference in fp64, making the engine's declared approximations (reference/approximations.py),
+recomputed at each mark from the values the run being judged holds at the marks before it (anchored: reference/
+tests/References), so that plain(mark) is the rounding added between two marks, not all that came before; the
+output is judged end to end too, with the plain run's end-to-end error there.
 The plain implementation is that same module cast to the precision and run eagerly, the reference's own code: what
 straightforward code at the precision reaches at that mark, on these weights and inputs. So a bound is argued from
 the precision itself, layer by layer, and moves with depth and weights as rounding does; no bound is scaled from

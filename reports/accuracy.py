@@ -79,6 +79,9 @@ def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         "first unverifiable": df["first_unverifiable_mark"], "output rel L2": df["output_rel_l2"].map(sci),
         "worst engine/plain": worst.reindex(df.index).map(lambda v: f"{v:.2f}"),
     })  # fmt: skip
+    if "end_to_end" in df:  # the output against the oracle run from the inputs (older runs judged only that way)
+        out.insert(out.columns.get_loc("output rel L2") + 1, "output bound", df["output_bound"].map(sci))
+        out.insert(out.columns.get_loc("output bound") + 1, "end to end", df["end_to_end"])
     moved = tables.get("perturbation")
     if moved is not None and len(moved):
         m = moved.drop_duplicates("engine", keep="last").set_index("engine")
@@ -217,14 +220,19 @@ def plot(rows: pd.DataFrame, path: Path) -> Path:
 
 RULE = (
     "Every engine runs the example inputs of its component, and each mark is compared in fp64 with the oracle: the "
-    "reference in fp64, making the approximations the engine declares (reference/approximations.py). A mark passes "
-    "when its relative L2 error is at most `bound = multiplier * plain + floor`, `plain` being what the reference "
-    "itself errs there when cast to the engine's precision and run eagerly (TorchBench's rule, reference/"
-    "tolerances.py). A bound over the cap (0.05) verifies nothing: such a mark is `unverifiable`, and its engine is "
-    "not reported as passing. The first failing mark is where an engine departs from the reference. `marks moved "
-    "output`: how far the engine built without marks (the one timed) is from the marked one; where that is over "
-    "the engine's run-to-run noise and the precision's floor, marking changed the compiled program, and the "
-    "unmarked build is judged itself at its output.\n"
+    "reference in fp64, making the approximations the engine declares (reference/approximations.py), recomputed at "
+    "each mark from the engine's own values at the marks before it (anchored). A mark's error is then what the "
+    "engine adds between two marks, not what it carried in, so rounding does not pile up with depth and the first "
+    "failing mark is the layer where the engine goes wrong. A mark passes when that error is at most `bound = "
+    "multiplier * plain + floor`, `plain` being what the reference itself adds there, anchored the same way, when "
+    "cast to the engine's precision and run eagerly (TorchBench's rule, reference/tolerances.py). A bound over the "
+    "cap (0.05) verifies nothing: such a mark is `unverifiable`, and its engine is not reported as passing. The "
+    "output is also judged end to end, against the oracle run from the inputs alone, with the plain run's error "
+    "there as its `plain`: `end to end` says pass or fail, or `images` where that bound is over the cap (fp8, whose "
+    "roundings cascade, and bf16): what the errors add up to is then judged by the image verdict (pd.md). `marks "
+    "moved output`: how far the engine built without marks (the one timed) is from the marked one; where that is "
+    "over the engine's run-to-run noise and the precision's floor, marking changed the compiled program, and the "
+    "unmarked build is judged itself at its output. The tables by mark give the anchored errors.\n"
 )
 
 

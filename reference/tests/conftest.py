@@ -1,67 +1,30 @@
-"""Fixtures of the accuracy suite: each component's oracle, its plain runs at each precision, and the fp32 reference.
+"""Fixtures of the accuracy suite: each component's References (reference/tests/__init__.py), made once, and the
+statistics its weights give its layers.
 
 ref = references("uvit", ("fp8=row", "gelu=tanh"))   # the reference making an engine's declared approximations
-ref.oracle                                           # its fp64 run: what every engine is compared with
-ref.plain_errors("fp8")                              # per mark, how far the plain run at that rule errs
+ref.judge(run, "fp8")                                # each mark of the run against the oracle, anchored
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import pytest
-import torch
 
-from engines import build_engine
-from engines.components import component_module, default_marks, example_inputs
+from engines.components import component_module, example_inputs
 from reference.activations import measure
-from reference.approximations import approximate
-from reference.compare import RunResult, errors_against, nondeterministic_marks
-from reference.tolerances import rule_for
-
-
-@dataclass
-class References:
-    component: str
-    approximations: tuple[str, ...]
-    module: torch.nn.Module  # the reference component making `approximations`
-    marks: tuple[str, ...]
-    inputs: dict[str, torch.Tensor]
-    oracle: RunResult  # the module in fp64
-    models: object
-    plain: dict[str, RunResult] = field(default_factory=dict)  # by the precision it ran at
-    nondeterministic: list[str] = field(default_factory=list)  # marks where two fp32 runs differ
-
-    def plain_run(self, precision: str) -> RunResult:
-        """The module cast to the rule's plain precision and run eagerly (fp32: the strict-fp32 reference, run twice:
-        it must repeat itself bit for bit before any engine is blamed)."""
-        at = rule_for(self.component, precision).plain
-        if at not in self.plain:
-            with build_engine(self.component, self.models, module=self.module, precision=at, marks=self.marks) as e:
-                self.plain[at] = RunResult(e.name, e(**self.inputs))
-                if at == "fp32":
-                    self.nondeterministic = nondeterministic_marks(self.plain[at], RunResult(e.name, e(**self.inputs)))
-        return self.plain[at]
-
-    def plain_errors(self, precision: str) -> dict[str, float]:
-        return errors_against(self.plain_run(precision), self.oracle)
+from reference.tests import References
 
 
 @pytest.fixture(scope="session")
-def references(models, model_config, device):
+def references(models, device):
     """(component, approximations) -> its References, made once per pytest run."""
     cache: dict[tuple[str, tuple[str, ...]], References] = {}
 
     def get(component: str, approximations: tuple[str, ...] = ()) -> References:
         key = (component, tuple(sorted(approximations)))
         if key not in cache:
-            module = approximate(component_module(component, models), key[1])
-            marks = default_marks(component, module)
-            inputs = example_inputs(component, model_config, device=device)
-            with build_engine(component, models, module=module, marks=marks, precision="fp64") as oracle:
-                run = RunResult(oracle.name, oracle(**inputs))
-            cache[key] = References(component, key[1], module, marks, inputs, run, models)
+            cache[key] = References.make(component, models, key[1], device=device)
         return cache[key]
 
     return get

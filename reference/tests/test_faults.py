@@ -24,9 +24,8 @@ import torch
 from bench.matrix import fast_options
 from engines import BackendUnavailable, build_engine
 from engines.faults import Fault, FaultDoesNotApply
-from reference.compare import RunResult, compare_simple, errors_against, first_failure, rel_l2
-from reference.tests import fp8_linear_check, fp8_marks
-from reference.tolerances import bounds, caps, rule_for
+from reference.compare import RunResult, errors_against, first_failure, rel_l2
+from reference.tests import References, fp8_linear_check, fp8_marks
 
 # (component, fault, position, where it is injected, the mark that must fail first); {mid} and {last} are per size
 FAULTS = [
@@ -148,10 +147,9 @@ def test_fault_is_caught_where_it_is_injected(models, references, clean_runs, fa
                                                                  None)  # fmt: skip
     else:
         oracle = references(component, clean.approximations)
-        limits = bounds(component, precision, oracle.plain_errors(precision))
-        compare = compare_simple(bounds=limits, caps=caps(component, precision, list(limits)))
-        first, alarm = first_failure(compare(faulty, oracle.oracle)), first_failure(compare(clean.run, oracle.oracle))
-        bound, cap = limits[expect], caps(component, precision, [expect])[expect]
+        judged = oracle.judge(faulty, precision)
+        first, alarm = first_failure(judged), first_failure(oracle.judge(clean.run, precision))
+        bound, cap = judged[expect].bound, judged[expect].cap
     if fp8_fault:  # only the engine has FP8 linears: the fault's size as the engine shows it
         effect = rel_l2(faulty.outputs[expect], clean.run.outputs[expect])
     else:  # the fault's own size, free of rounding: the same fault in the fp64 oracle
@@ -182,12 +180,10 @@ SEEDS = (0, 1, 2)
 @pytest.mark.parametrize("component", ["clip", "uvit", "decoder"])
 def test_clean_engines_raise_no_alarm(model_config, device, component, seed, accuracy_log):
     """Over several weight seeds, each precision's clean build (the fault matrix's) fails no mark, twice run."""
-    from engines.components import component_module, default_marks, example_inputs
-    from reference.approximations import approximate
+    from engines.components import component_module, default_marks
     from reference.checkpoints import load_models
 
     models = load_models(model_config, seed=seed).to(device)
-    inputs = example_inputs(component, model_config, device=device)
     alarms = {}
     for precision in PRECISIONS[component]:
         opts = engine_options(component, precision, device)
@@ -197,18 +193,27 @@ def test_clean_engines_raise_no_alarm(model_config, device, component, seed, acc
         except BackendUnavailable as e:
             alarms[precision] = f"skipped: {e}"
             continue
-        module = approximate(component_module(component, models), engine.approximations)
-        runs = [RunResult(engine.name, engine(**inputs)) for _ in range(2)]
-        oracle = RunResult("fp64", build_engine(component, models, module=module, marks=marks,
-                                                precision="fp64")(**inputs))  # fmt: skip
-        at = rule_for(component, precision).plain
-        plain = RunResult(at, build_engine(component, models, module=module, marks=marks, precision=at)(**inputs))
-        limits = bounds(component, precision, errors_against(plain, oracle))
-        compare = compare_simple(bounds=limits, caps=caps(component, precision, list(limits)))
-        firsts = [first_failure(compare(run, oracle)) for run in runs]
+        ref = References.make(component, models, engine.approximations, device=device)
+        runs = [RunResult(engine.name, engine(**ref.inputs)) for _ in range(2)]
+        firsts = [first_failure(ref.judge(run, precision)) for run in runs]
         row = {"component": component, "seed": seed, "precision": precision, "engine": engine.name,
                "runs": len(runs), "alarms": sum(f is not None for f in firsts)}  # fmt: skip
         accuracy_log.add([row], table="clean")
         if any(firsts):
             alarms[precision] = firsts
     assert not {p: a for p, a in alarms.items() if not str(a).startswith("skipped")}, alarms
+
+
+def test_anchoring_confines_a_fault_to_its_mark(models, references):
+    """Judged anchored, a fault shows at the mark after it and nowhere downstream, though it changes every mark
+    after it end to end: each mark's error is what was computed between two marks (References.anchored)."""
+    ref = references("uvit")
+    with build_engine("uvit", models, module=ref.module, precision="fp64", marks=ref.marks,
+                      fault=Fault("heads", "uvit.in_blocks.0.attn")) as e:  # fmt: skip
+        run = RunResult(e.name, e(**ref.inputs))
+    anchored, carried = errors_against(run, ref.anchored(run)), errors_against(run, ref.oracle)
+    marks = list(run.outputs)
+    after = marks[marks.index("uvit.in_blocks.0.norm2") + 1 :]
+    assert anchored["uvit.in_blocks.0.norm2"] > 1e-2
+    assert max(anchored[m] for m in marks if m != "uvit.in_blocks.0.norm2") < 1e-12
+    assert min(carried[m] for m in after) > 1e-4  # end to end, the fault is everywhere after it
