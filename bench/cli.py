@@ -166,9 +166,16 @@ def quality(
     ]
     weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"
     size = comparisons[0]["reference_manifest"].get("size", "unknown") if comparisons else "unknown"
+    here = environment(weights=weights, size=size)
+    # the images and their pixel metrics were made where `pixels` was: that machine heads the report; PD's is noted
+    env = {**json.loads(Path(pixels).read_text())["env"], "pd measured on": _machine(here)} if pixels else here
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"env": environment(weights=weights, size=size), "comparisons": comparisons}, indent=1))
+    out.write_text(json.dumps({"env": env, "comparisons": comparisons}, indent=1))
     return out
+
+
+def _machine(env: dict) -> str:
+    return f"{env.get('gpu')}, torch {env.get('torch')}, {env.get('date')}"
 
 
 def build_times(*, out: Path | None = None, overwrite: bool = False, **kwargs) -> dict:

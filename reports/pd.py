@@ -73,8 +73,9 @@ def to_markdown(data: dict, images: list[str]) -> str:
     fmt = lambda df: df.map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")  # noqa: E731
     parts = [env_header("Image quality against the strict-fp32 reference", data["env"])]
     ref = data["comparisons"][0]["reference_manifest"] if data["comparisons"] else {}
+    made = ref.get("label") or ref.get("backend", "?")
     parts.append(
-        f"Reference images: `{data['comparisons'][0]['reference']}` ({ref.get('label', '')}; noise order "
+        f"Reference images: `{data['comparisons'][0]['reference']}` ({made}; noise order "
         f"{ref.get('noise_order', '?')}, uint8 {ref.get('rounding', '?')}). Pixel metrics on the PNGs; PD on the "
         "JPEGs (quality 95).\n"
     )
@@ -102,6 +103,8 @@ def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Pa
     out = check_writable(out, overwrite=overwrite)
     images = []
     for c in data["comparisons"]:
+        if not any("png" in r for r in c["rows"]):  # every image refused (NaN/Inf): nothing to show
+            continue
         png = check_writable(out.with_name(f"{out.stem}-{Path(c['candidate']).name}.png"), overwrite=overwrite)
         images.append(grid(c, png).name)
     out.write_text(to_markdown(data, images))

@@ -189,3 +189,29 @@ def test_refused_and_missing_images_are_verdicts_and_pixels_travel_apart_from_pn
     pixels = {stem: {"psnr_db": 40.0 + i, "ssim": 0.99} for i, stem in enumerate(imgs)}
     rows = compare_folders(ref, jpegs, inception_weights=None, device=cpu, pixels=pixels)["rows"]
     assert [r["psnr_db"] for r in rows] == [40.0, 41.0, 42.0] and all("mean_abs_px" not in r for r in rows)
+
+
+def test_a_recipe_whose_every_image_was_refused_is_reported_failing_under_the_imaging_machine(tmp_path):
+    """The report of a GPU run scored elsewhere: its header is the machine that made the images (from the pixel
+    metrics' file), PD's machine noted; a recipe that refused every image is a FAIL with no picture to show."""
+    import json
+
+    import numpy as np
+
+    from bench.cli import quality
+    from reports.pd import write_report
+
+    g = np.random.default_rng(0)
+    imgs = {f"0{i}_1": g.integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(2)}
+    ref = _folder(tmp_path / "ref", imgs)
+    ok = _folder(tmp_path / "ok", imgs)
+    nan = _folder(tmp_path / "nan", {}, {"nonfinite": {s: "the uvit stage produced NaN/Inf latents" for s in imgs}})
+    pixels = tmp_path / "pixels.json"
+    pixels.write_text(json.dumps({"env": {"gpu": "NVIDIA H200", "commit": "abc"}, "comparisons": []}))
+    out = quality(reference=ref, candidates=[ok, nan], out=tmp_path / "q.json", pixels=pixels, device="cpu")
+    data = json.loads(out.read_text())
+    assert data["env"]["gpu"] == "NVIDIA H200" and "pd measured on" in data["env"]
+    assert [c["verdict"] for c in data["comparisons"]][1] == "FAIL"
+    md = write_report([out], tmp_path / "pd.md").read_text()
+    assert "NVIDIA H200" in md and "| nan " in md and (tmp_path / "pd-ok.png").is_file()
+    assert not (tmp_path / "pd-nan.png").exists()
