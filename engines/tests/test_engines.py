@@ -315,9 +315,10 @@ def test_an_engine_runs_under_its_own_settings_and_restores_them(cpu_models):
 
 @gpu
 def test_engines_built_one_after_another_behave_as_each_alone():
-    """The fast fp16 U-ViT, then the plain fp8 one, then the reference, in one process: each output as when built
-    alone (the fp8 GEMM once failed with CUBLAS_STATUS_INVALID_VALUE after an engine had changed cuBLASLt's
-    workspace for the process)."""
+    """The plain fp8 U-ViT, then the fast fp16 one, then the fp8 one again and the reference, in one process: the
+    second fp8 engine computes bit for bit what the first, built before any other, did (the fp8 GEMM once failed
+    with CUBLAS_STATUS_INVALID_VALUE after an engine had changed cuBLASLt's workspace for the process), and each
+    engine stays as close to the fp64 reference as its precision allows."""
     from bench.matrix import fast_options
     from reference.checkpoints import load_models
     from reference.configs import ModelConfig
@@ -327,12 +328,14 @@ def test_engines_built_one_after_another_behave_as_each_alone():
     models = load_models(ModelConfig.from_name("tiny"), seed=0).to("cuda")
     inputs = example_inputs("uvit", models.config, device="cuda")
     ref = build_engine("uvit", models, precision="fp64")(**inputs)["output"]
-    outputs = {}
+    fp8 = dict(backend="inductor", precision="fp8", cuda_graph=True)
     fast = dict(backend="inductor", precision="fp16", cuda_graph=True, **fast_options("uvit", "fp16"))
-    for name, kw in [("fast", fast),
-                     ("fp8", dict(backend="inductor", precision="fp8", cuda_graph=True)),
-                     ("reference", dict())]:  # fmt: skip
+    outputs = {}
+    for name, kw in [("fp8 first", fp8), ("fast", fast), ("fp8 after fast", fp8), ("reference", {})]:
         outputs[name] = build_engine("uvit", models, **kw)(**inputs)["output"].double()
+    assert torch.equal(outputs["fp8 first"], outputs["fp8 after fast"])
     errors = {k: ((v - ref).norm() / ref.norm()).item() for k, v in outputs.items()}
-    assert errors["reference"] < 1e-5 and errors["fast"] < 0.05 and errors["fp8"] < 1.0, errors
+    # at tiny size the eager fp16 U-ViT errs 4.7e-3 at the output and the eager fp8 one 0.30 (CPU, seed 0): each
+    # bound is about 3x that (fp8 is judged closely against its emulation elsewhere; here, that it is itself)
+    assert errors["reference"] < 1e-5 and errors["fast"] < 0.015 and errors["fp8 first"] < 0.9, errors
     assert all(torch.isfinite(v).all() for v in outputs.values())
