@@ -329,7 +329,7 @@ def test_engines_built_one_after_another_behave_as_each_alone():
     inputs = example_inputs("uvit", models.config, device="cuda")
     ref = build_engine("uvit", models, precision="fp64")(**inputs)["output"]
     fp8 = dict(backend="inductor", precision="fp8", cuda_graph=True)
-    fast = dict(backend="inductor", precision="fp16", cuda_graph=True, **fast_options("uvit", "fp16"))
+    fast = dict(backend="inductor", precision="fp16", cuda_graph=True, **dict(fast_options("uvit", "fp16")))
     outputs = {}
     for name, kw in [("fp8 first", fp8), ("fast", fast), ("fp8 after fast", fp8), ("reference", {})]:
         outputs[name] = build_engine("uvit", models, **kw)(**inputs)["output"].double()
