@@ -71,6 +71,7 @@ class References:
     plain: dict[str, RunResult] = field(default_factory=dict)  # by the precision it ran at
     nondeterministic: list[str] = field(default_factory=list)  # marks where two fp32 runs differ
     _module64: nn.Module | None = None
+    _local_plain: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def make(cls, component: str, models, approximations: tuple[str, ...] = (), *, device) -> References:
@@ -98,8 +99,11 @@ class References:
 
     def local_plain_errors(self, precision: str) -> dict[str, float]:
         """Per mark, the plain run's error anchored: what rounding at the precision adds between two marks."""
-        plain = self.plain_run(precision)
-        return errors_against(plain, self.anchored(plain))
+        at = rule_for(self.component, precision).plain
+        if at not in self._local_plain:
+            plain = self.plain_run(precision)
+            self._local_plain[at] = errors_against(plain, self.anchored(plain))
+        return self._local_plain[at]
 
     def anchored(self, run: RunResult) -> RunResult:
         """The oracle recomputed from `run`'s values: each marked layer's output computed in fp64 from what the run
