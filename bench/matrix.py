@@ -31,9 +31,9 @@ AUTO = "auto"
 # 8.19 ms, persistent_rows=8192 8.14 (rows of 6144 too: fc1's GELU + row maximum), 2048 8.61; compile 57.3, 39.5,
 # 44.9 s. fp8 takes 8192, and no rung needs multi_kernel, whose marked fp8 engine failed to load from Inductor's FX
 # graph cache in both accuracy runs of the fp8 U-ViT with our attention (README, "Known problems").
-# The decoder's upsamplings as 2x2 convs on the small image (upsample=subpixel, session 10 A/B, interleaved): 6.21 ->
+# The decoder's upsamplings as 2x2 convs on the small image (upsample=subpixel, round 10 A/B, interleaved): 6.21 ->
 # 5.58 ms, compile 33 -> 25 s, output rel L2 against fp32 0.0018 -> 0.0019. Its last conv as a GEMM over taps and a
-# shifted sum (conv_out=taps, session 11 A/B, interleaved, with the Triton merge of groupnorm=split): 5.46 -> 5.41 ms.
+# shifted sum (conv_out=taps, round 11 A/B, interleaved, with the Triton merge of groupnorm=split): 5.46 -> 5.41 ms.
 # The decoder's GroupNorms in our kernels with the residual blocks rebuilt around them (groupnorm=stats,
 # A/B in one process, interleaved, against groupnorm=split): 5.53 -> 5.05 ms, compile 29.7 -> 7.7 s, output rel L2
 # against fp32 0.0018 -> 0.0022; four builds benchmarked 4.86-5.03 ms.
