@@ -177,6 +177,25 @@ def unverifiable(results: dict[str, MarkResult]) -> list[str]:
     return [m for m, r in results.items() if r.status == "unverifiable"]
 
 
+def end_to_end(error: float, bound: float, cap: float) -> str:
+    """The output's verdict against the oracle run from the inputs alone: "pass", "fail", or "images" where it is
+    within a bound over the cap (no verdict here: the image verdict judges what the errors add up to)."""
+    if not error <= bound:
+        return "fail"
+    return "pass" if bound <= cap else "images"
+
+
+def engine_status(results: dict[str, MarkResult], *, nonfinite: str | None, whole: str) -> tuple[str, str]:
+    """An engine's verdict from its marks and its output end to end, and the mark it names: the first non-finite
+    one, else the first over its bound, else the output where only it fails."""
+    first = first_failure(results)
+    if nonfinite:
+        return "NaN/Inf", nonfinite
+    if first or whole == "fail":
+        return "FAIL", first or "output (end to end)"
+    return ("unverifiable" if unverifiable(results) else "pass"), "-"
+
+
 def first_nonfinite(run: RunResult) -> str | None:
     """The first mark holding NaN or Inf: its own verdict, checked before any tolerance."""
     return next((m for m, t in run.outputs.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)

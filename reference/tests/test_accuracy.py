@@ -17,7 +17,16 @@ import pytest
 import torch
 
 from engines import BackendUnavailable, build_engine
-from reference.compare import RunResult, errors_against, first_failure, first_nonfinite, rel_l2, unverifiable
+from reference.compare import (
+    RunResult,
+    end_to_end,
+    engine_status,
+    errors_against,
+    first_failure,
+    first_nonfinite,
+    rel_l2,
+    unverifiable,
+)
 from reference.tests import fp8_linear_check, fp8_linears, fp8_marks
 from reference.tolerances import rule_for
 
@@ -82,14 +91,11 @@ def test_engine_matches_reference(engine_spec, references, engine_runs, accuracy
     accuracy_log.add(rows)
     nonfinite, first, over = first_nonfinite(runs.first), first_failure(results), unverifiable(results)
     output, output_bound = ref.end_to_end(runs.first, spec.precision)
-    cap = rule_for(spec.component, spec.precision).cap
-    # an output bound over the cap verifies nothing end to end: the image verdict judges what the errors add up to
-    whole = "pass" if output <= output_bound <= cap else "images" if output <= output_bound else "fail"
-    status = "NaN/Inf" if nonfinite else "FAIL" if first or whole == "fail" else "unverifiable" if over else "pass"
+    whole = end_to_end(output, output_bound, rule_for(spec.component, spec.precision).cap)
+    status, named = engine_status(results, nonfinite=nonfinite, whole=whole)
     accuracy_log.add([{
         "engine": runs.name, "component": spec.component, "precision": spec.precision,
-        "approximations": ",".join(runs.approximations) or "-", "status": status,
-        "first_failing_mark": nonfinite or first or ("output (end to end)" if whole == "fail" else "-"),
+        "approximations": ",".join(runs.approximations) or "-", "status": status, "first_failing_mark": named,
         "unverifiable_marks": len(over), "first_unverifiable_mark": over[0] if over else "-",
         "output_rel_l2": output, "output_bound": output_bound, "end_to_end": whole,
         "worst_ratio": max((r.rel_l2 / p for r, p in zip(results.values(), plain.values(), strict=True) if p > 0),

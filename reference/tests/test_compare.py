@@ -9,6 +9,8 @@ from reference.compare import (
     Band,
     RunResult,
     compare_simple,
+    end_to_end,
+    engine_status,
     errors_against,
     first_failure,
     first_nonfinite,
@@ -146,3 +148,21 @@ def test_errors_against_an_oracle_and_round_trip(tmp_path):
     assert math.isnan(rel_l2(torch.tensor([float("nan")]), torch.ones(1)))
     loaded = RunResult.load(ref.save(tmp_path / "ref.pt"))
     assert loaded.engine_name == "ref" and all(torch.equal(loaded.outputs[k], ref.outputs[k]) for k in ref.outputs)
+
+
+@pytest.mark.parametrize(
+    "error, bound, whole",
+    [(0.01, 0.02, "pass"), (0.03, 0.02, "fail"), (0.1, 0.5, "images"), (0.6, 0.5, "fail"), (math.nan, 0.02, "fail")],
+)
+def test_the_output_end_to_end_passes_fails_or_goes_to_the_images(error, bound, whole):
+    assert end_to_end(error, bound, cap=0.05) == whole
+
+
+def test_an_engine_fails_on_its_output_alone_and_names_the_first_bad_mark_before_it():
+    ok, bad, loose = (mark_stats(torch.ones(4) * (1 + e), torch.ones(4), bound=b, cap=0.05)
+                      for e, b in ((0.0, 0.01), (0.5, 0.01), (0.0, 0.5)))  # fmt: skip
+    assert engine_status({"a": ok, "b": ok}, nonfinite=None, whole="pass") == ("pass", "-")
+    assert engine_status({"a": ok, "b": ok}, nonfinite=None, whole="fail") == ("FAIL", "output (end to end)")
+    assert engine_status({"a": ok, "b": bad}, nonfinite=None, whole="fail") == ("FAIL", "b")
+    assert engine_status({"a": loose, "b": ok}, nonfinite=None, whole="images") == ("unverifiable", "-")
+    assert engine_status({"a": ok, "b": bad}, nonfinite="a", whole="pass") == ("NaN/Inf", "a")
