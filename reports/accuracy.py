@@ -26,6 +26,16 @@ TARGETS = {  # reference/init.py's targets for the trained-like weights, as the 
 }  # fmt: skip
 
 
+# what one row of each table is about
+KEYS = {
+    "rows": ["engine", "mark"],
+    "engines": ["engine"],
+    "perturbation": ["engine"],
+    "faults": ["component", "fault", "position", "precision"],
+    "clean": ["component", "seed", "precision"],
+}
+
+
 def chronological(paths: list[Path]) -> list[Path]:
     """The result files by the date their run recorded, then by name: the report is the same whatever order they are
     given in, and a later run's row replaces an earlier one's."""
@@ -40,9 +50,11 @@ def load(paths: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     data = [json.loads(Path(p).read_text()) for p in chronological(paths)]
     names = {k for d in data for k in d if k != "env"}
     tables = {k: pd.DataFrame([row for d in data for row in d.get(k, [])]) for k in names}
+    for k, key in KEYS.items():  # a run cut short and made again: its rows count once, the later run's
+        if len(tables.get(k, [])):
+            tables[k] = tables[k].drop_duplicates(key, keep="last")
     rows = tables.get("rows", pd.DataFrame())
     if len(rows):
-        rows = rows.drop_duplicates(["engine", "mark"], keep="last")
         tables["rows"] = rows.assign(ratio=rows["rel_l2"] / rows["bound"], vs_plain=rows["rel_l2"] / rows["plain"])
     return tables, data[0]["env"]
 
@@ -123,7 +135,7 @@ def plot_activations(table: pd.DataFrame, path: Path) -> Path:
 
 def fault_matrix(faults: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each injected fault (rows) and, per precision, what came of it; and the counts by outcome."""
-    f = faults.drop_duplicates(["component", "fault", "position", "precision"], keep="last")
+    f = faults
 
     def cell(r: pd.Series) -> str:
         found = "caught" if r["caught"] else "missed" if r["class"] == "must catch" else "not flagged"

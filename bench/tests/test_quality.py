@@ -208,10 +208,40 @@ def test_a_recipe_whose_every_image_was_refused_is_reported_failing_under_the_im
     nan = _folder(tmp_path / "nan", {}, {"nonfinite": {s: "the uvit stage produced NaN/Inf latents" for s in imgs}})
     pixels = tmp_path / "pixels.json"
     pixels.write_text(json.dumps({"env": {"gpu": "NVIDIA H200", "commit": "abc"}, "comparisons": []}))
-    out = quality(reference=ref, candidates=[ok, nan], out=tmp_path / "q.json", pixels=pixels, device="cpu")
+    out = quality(reference=ref, candidates=[ok, nan], out=tmp_path / "q.json", pixels=[pixels], device="cpu")
     data = json.loads(out.read_text())
     assert data["env"]["gpu"] == "NVIDIA H200" and "pd measured on" in data["env"]
     assert [c["verdict"] for c in data["comparisons"]][1] == "FAIL"
     md = write_report([out], tmp_path / "pd.md").read_text()
     assert "NVIDIA H200" in md and "| nan " in md and (tmp_path / "pd-ok.png").is_file()
     assert not (tmp_path / "pd-nan.png").exists()
+
+
+def test_pixel_metrics_of_one_run_merge_and_of_different_runs_are_refused(tmp_path):
+    """A run split over machine calls gives several pixel files: they merge when commit, GPU and the reference images
+    agree and each candidate is scored once; anything else is an error naming the file and what differs."""
+    import json
+
+    from bench.quality import pixel_metrics
+
+    def write(name, candidate, *, date, commit="abc", seed=7):
+        env = {"date": date, "commit": commit, "gpu": "NVIDIA H200", "torch": "2.11", "weights": "w", "size": "full"}
+        ref = {"engines": {"uvit": "uvit/eager/fp32"}, "weights": "w", "images": [{"index": 0, "seed": seed}]}
+        rows = [{"image": "00_7", "psnr_db": 40.0, "ssim": 0.99, "pd": 1.0}]
+        comparison = {"candidate": f"images/{candidate}", "reference_manifest": ref, "rows": rows}
+        (tmp_path / name).write_text(json.dumps({"env": env, "comparisons": [comparison]}))
+        return tmp_path / name
+
+    late, early = write("b.json", "fast", date="2026-12-03 04:16"), write("a.json", "slow", date="2026-12-03 01:34")
+    metrics, env = pixel_metrics([late, early])
+    assert metrics == {
+        "fast": {"00_7": {"psnr_db": 40.0, "ssim": 0.99}},
+        "slow": {"00_7": {"psnr_db": 40.0, "ssim": 0.99}},
+    }
+    assert env["date"] == "2026-12-03 01:34" and env["pixel metrics measured"] == "2026-12-03 01:34, 2026-12-03 04:16"
+    with pytest.raises(ValueError, match="commit"):
+        pixel_metrics([early, write("c.json", "other", date="2026-12-03 05:00", commit="def")])
+    with pytest.raises(ValueError, match="reference images"):
+        pixel_metrics([early, write("d.json", "other", date="2026-12-03 05:00", seed=8)])
+    with pytest.raises(ValueError, match="more than one"):
+        pixel_metrics([early, write("e.json", "slow", date="2026-12-03 05:00")])

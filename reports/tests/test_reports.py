@@ -243,3 +243,23 @@ def test_a_pipeline_target_counts_only_for_a_rung_whose_images_pass():
     assert against_targets(table).loc["pipeline", "best ms"] == 300.0
     nobody = image_verdicts({"comparisons": [{"candidate": "x/fast", "verdict": "FAIL"}]})
     assert against_targets(table, verdicts=nobody).loc["pipeline", "met"] == "no"
+
+
+def test_rows_of_a_run_made_again_count_once(tmp_path):
+    """A fault-matrix run cut short and made again at the same commit: each fault and each clean build appears once
+    in the matrix and the alarm count, the later run's row winning."""
+    import json
+
+    def write(name, date, caught):
+        fault = {"component": "clip", "fault": "heads", "position": "early", "target": "t", "expected": "m",
+                 "precision": "fp16", "engine": "e", "effect": 1.0, "bound": 0.01, "cap": 0.05,
+                 "class": "must catch", "first_failing_mark": "m" if caught else "-", "caught": caught,
+                 "clean_alarm": "-"}  # fmt: skip
+        clean = {"component": "clip", "seed": 0, "precision": "fp16", "engine": "e", "runs": 2, "alarms": 0}
+        (tmp_path / name).write_text(json.dumps({"env": {"date": date}, "faults": [fault], "clean": [clean]}))
+        return tmp_path / name
+
+    md = write_report([write("b.json", "2026-12-03 04:07", True), write("a.json", "2026-12-03 03:59", False)],
+                      tmp_path / "f.md").read_text()  # fmt: skip
+    assert "over 1 weight seeds and 2 runs: 0 alarms" in md
+    assert "| must catch | True     |        1 |" in md and "False" not in md.split("## Fault matrix")[1]
