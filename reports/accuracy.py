@@ -82,7 +82,7 @@ def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     engines = tables.get("engines", pd.DataFrame())
     if not len(engines):
         return engines
-    df = engines.drop_duplicates("engine", keep="last").set_index("engine")
+    df = engines.set_index("engine")
     rows = tables["rows"]
     worst = rows.groupby("engine")["vs_plain"].max()
     out = pd.DataFrame({
@@ -96,7 +96,7 @@ def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         out.insert(out.columns.get_loc("output bound") + 1, "end to end", df["end_to_end"])
     moved = tables.get("perturbation")
     if moved is not None and len(moved):
-        m = moved.drop_duplicates("engine", keep="last").set_index("engine")
+        m = moved.set_index("engine")
         out["marks moved output"] = m["marks_moved_output"].reindex(out.index).map(sci)
         if "timed_output_rel_l2" in m:  # where marking changed the program, the unmarked build judged itself
             timed = m.apply(lambda r: "same program" if r["same_program"] else
@@ -133,9 +133,8 @@ def plot_activations(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def fault_matrix(faults: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def fault_matrix(f: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each injected fault (rows) and, per precision, what came of it; and the counts by outcome."""
-    f = faults
 
     def cell(r: pd.Series) -> str:
         found = "caught" if r["caught"] else "missed" if r["class"] == "must catch" else "not flagged"

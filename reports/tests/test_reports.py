@@ -263,3 +263,17 @@ def test_rows_of_a_run_made_again_count_once(tmp_path):
                       tmp_path / "f.md").read_text()  # fmt: skip
     assert "over 1 weight seeds and 2 runs: 0 alarms" in md
     assert "| must catch | True     |        1 |" in md and "False" not in md.split("## Fault matrix")[1]
+
+
+def test_engines_of_a_run_made_again_are_summarised_once(accuracy_results, tmp_path):
+    import json
+
+    first = sorted(accuracy_results.glob("accuracy-*.json"))[0]
+    data = json.loads(first.read_text())
+    data["env"]["date"] = "9999-12-31 00:00 UTC"  # the later run
+    again = tmp_path / "accuracy-again.json"
+    again.write_text(json.dumps(data))
+    tables, _ = load([first, again])
+    engines = summary(tables)["engine"]
+    assert len(engines) == len(set(engines)) == len({r["engine"] for r in data["engines"]})
+    assert len(tables["perturbation"]) == len({r["engine"] for r in data["perturbation"]})
