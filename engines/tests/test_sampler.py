@@ -42,14 +42,17 @@ def test_sampler_uses_every_calls_text_noise(models):
 
 @pytest.mark.gpu
 def test_whole_loop_graph_equals_the_loop_without_it(models):
+    # the fast recipe's attention: with the trained-like weights the latents grow over the 50 steps, and math attention
+    # forming q @ k^T in fp16 overflows to NaN on the GPU (reports/pd.md), which would leave nothing to compare
     gpu = copy.deepcopy(models).to("cuda")
-    plain = Pipeline(gpu, "cuda", sampler=build_sampler(gpu, precision="fp16").output)
-    graphed_engine = build_sampler(gpu, precision="fp16", cuda_graph=True)
+    plain = Pipeline(gpu, "cuda", sampler=build_sampler(gpu, precision="fp16", attention="sdpa").output)
+    graphed_engine = build_sampler(gpu, precision="fp16", cuda_graph=True, attention="sdpa")
     graphed = Pipeline(gpu, "cuda", sampler=graphed_engine.output)
     assert graphed_engine.seconds["capture"] > 0
     first = None
     for seed in (SEED, SEED + 1):  # a second image replays the graph on new static inputs
         a, b = graphed(PROMPT, seed), plain(PROMPT, seed)
+        assert a.nonfinite is None and b.nonfinite is None, (seed, a.nonfinite, b.nonfinite)
         # cuBLAS may pick other kernels under capture: fp16 rounding, not equality, over 50 calls
         assert ((a.latents - b.latents).norm() / b.latents.norm()).item() < 1e-2, seed
         assert first is None or not torch.equal(a.latents, first)
