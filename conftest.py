@@ -147,7 +147,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine_spec" in metafunc.fixturenames:
         if metafunc.config.getoption("--engine-set") == "ladder":
-            from bench.ladder import engine_specs
+            from engines.recipes import engine_specs
 
             specs = [s for s in engine_specs() if s.backend in matrix(metafunc.config).backends]
         else:

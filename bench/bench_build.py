@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.build import process_env
-from bench.ladder import rung
+from engines.recipes import recipe as rung
 
 BUILD_RUNGS = ("fast",)  # every fp16 engine of the fastest configuration
 CACHES = ("fresh", "warm")

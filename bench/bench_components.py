@@ -38,11 +38,11 @@ def test_component(benchmark, bench_case, engine_for, model_config, device, roun
         )
     # --benchmark-disable makes pedantic a single untimed call: the code path runs, nothing is measured
     ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
-    flops = component_flops(component, model_config.name, guidance=dict(build.options).get("guidance", "batched"))
+    flops = component_flops(component, model_config.name, guidance=build.flat().get("guidance", "batched"))
     benchmark.extra_info.update(
-        component=component, case=build.case_id(component), engine=engine.name, backend=build.backend,
+        component=component, case=build.id, engine=engine.name, backend=build.backend,
         precision=build.precision,
-        cuda_graph=build.cuda_graph, options=",".join(f"{k}={v}" for k, v in build.options) or "-",
+        cuda_graph=build.cuda_graph, options=",".join(f"{k}={v}" for k, v in build.flat().items()) or "-",
         size=model_config.name, device=str(device), **ms, flops=flops, tflops=flops / ms["p50_ms"] / 1e9,
         peak_mib=peak_memory_mib(device), **{f"{k}_s": v for k, v in engine.seconds.items()},
         fp32_matmul="ieee" if build.precision == "fp32" else "-", **clocks.summary(),

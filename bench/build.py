@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from bench import ladder
 from engines import check_backend
 from engines.components import COMPONENTS
+from engines.spec import EngineSpec
 
 CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 PYCACHE = "pycache"  # Python's bytecode, under the cache folder
@@ -100,13 +101,16 @@ def build_times(
     if cache_dir is not None:
         use_cache_dir(cache_dir)
     if rung is not None:
-        chosen = ladder.rung(rung)
+        chosen = ladder.recipe(rung)
     else:
         unknown = sorted(set(components) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
-        one = ladder.Build(check_backend(backend), precision, cuda_graph)
-        chosen = ladder.Rung("-", f"{backend} {precision}", {c: one for c in components})
+        chosen = ladder.Recipe(
+            "-",
+            f"{backend} {precision}",
+            {c: EngineSpec.of(c, check_backend(backend), precision, cuda_graph) for c in components},
+        )
     cfg, dev = resolve(size, device)
     t0 = time.perf_counter()
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
@@ -114,7 +118,7 @@ def build_times(
     counters.clear()
     engines, bar = {}, tqdm(total=len(chosen.builds), desc="building engines")
 
-    def get(component: str, build: ladder.Build):
+    def get(component: str, build: EngineSpec):
         engine = ladder.build(component, build, models)
         engines[component] = {"engine": engine.name, **{f"{k}_s": v for k, v in engine.seconds.items()}}
         bar.update()

@@ -59,7 +59,7 @@ def make_pipeline(
     if rung is not None:
         if backend != REFERENCE or precision != "fp32" or cuda_graph:
             raise ValueError("--rung chooses every engine itself; leave --backend, --precision and --cuda-graph out")
-        chosen = ladder.rung(rung)
+        chosen = ladder.recipe(rung)
         engines = ladder.rung_engines(chosen, lambda c, b: ladder.build(c, b, models))
         meta.update(backend=f"rung {rung}", precision="mixed", engines={c: e.name for c, e in engines.items()})
         meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
@@ -187,15 +187,15 @@ def build_times(*, out: Path | None = None, overwrite: bool = False, **kwargs) -
     return write_build_times(out, overwrite=overwrite, **kwargs)
 
 
-def parse_options(pairs: list[str]) -> dict[str, object]:
-    """["attention=sdpa", "channels_last=true", "persistent_rows=2048"] -> {"attention": "sdpa", "channels_last": True,
-    "persistent_rows": 2048}: the values engines take as they would come from Python."""
-    out: dict[str, object] = {}
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """["attention=sdpa", "channels_last=true"] -> {"attention": "sdpa", "channels_last": "true"}; engines.spec reads
+    each value as its option's type, naming the option where it cannot."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"engine option {pair!r} is not KEY=VALUE")
-        out[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+        out[key] = value
     return out
 
 

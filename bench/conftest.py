@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ladder import LADDER, Build
+from bench.ladder import LADDER
 from bench.ladder import build as ladder_build
 from bench.matrix import matrix
 from engines import BackendUnavailable, unavailable
-from engines.components import COMPONENTS
+from engines.spec import COMPONENTS, EngineSpec
 
 # The engines build on the CPU (the accuracy suite runs them there), but their CPU kernels are emulations whose times
 # mean nothing for the engine (and the tiny random-weight pipeline's latents grow until the seed's attention, forming
@@ -16,23 +16,23 @@ from engines.components import COMPONENTS
 CPU_EMULATED = {p: f"{p} engines are benchmarked on a GPU: their CPU kernels are emulations" for p in ("fp16", "fp8")}
 
 
-def _cases(config: pytest.Config) -> list[tuple[str, Build]]:
+def _cases(config: pytest.Config) -> list[tuple[str, EngineSpec]]:
     which = config.getoption("--bench-set")
-    cases: dict[tuple[str, Build], None] = {}
+    cases: dict[tuple[str, EngineSpec], None] = {}
     if which in ("all", "ladder"):
         for rung in LADDER:
             for c in COMPONENTS:
                 cases[(c, rung.builds[c])] = None
     if which in ("all", "matrix"):
         for s in matrix(config).specs():
-            cases[(s.component, Build(s.backend, s.precision, s.cuda_graph, s.options))] = None
+            cases[(s.component, s)] = None
     return list(cases)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench_case" in metafunc.fixturenames:
         cases = _cases(metafunc.config)
-        metafunc.parametrize("bench_case", cases, ids=[b.case_id(c) for c, b in cases])
+        metafunc.parametrize("bench_case", cases, ids=[b.id for _, b in cases])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,11 +52,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def engine_for(models):
-    """(component, Build) -> Engine, built once per session and shared by component and pipeline benchmarks.
+    """(component, EngineSpec) -> Engine, built once per session and shared by component and pipeline benchmarks.
     Component "sampler" is the whole solver loop around the U-ViT step that `build` describes (engines.sampler)."""
     cache = {}
 
-    def get(component: str, build: Build):
+    def get(component: str, build: EngineSpec):
         key = (component, build)
         if key not in cache:
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from engines.spec import COMPONENTS
 from reference import autoencoder as ae
 from reference import uvit as uv
 from reference.checkpoints import Models
@@ -23,7 +24,6 @@ from reference.configs import ModelConfig
 from reference.dpm_solver import make_plan
 from reference.pipeline import GuidedStep
 
-COMPONENTS = ("clip", "uvit", "decoder")
 EXAMPLE_PROMPT = "A dog adventuring under the sea"  # prompts.tsv row 0
 EXAMPLE_CALL = 25  # a middle solver call: t_model ~ 500
 

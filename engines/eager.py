@@ -6,37 +6,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engines import register_engine
+from engines import register_engine, spec
 from engines.faults import Fault, inject
-from engines.runtime import cast, finish, swap_children, take_options
+from engines.runtime import cast, finish
 from reference import autoencoder as ae
-
-GROUPNORM = ("torch", "triton", "split", "stats")
 
 
 def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
-    """Keep the reference GroupNorm layers (`torch`), replace them by our Triton kernel (`triton`), or reduce their
-    statistics in two stages for Inductor (`split`: engines.fused.SplitGroupNorm, same parameters and hooks), or
-    take them from our Triton kernels, fused with the residual blocks' bias and residual adds (`stats`:
-    engines.fused.swap_stats; channels_last)."""
-    if kernel not in GROUPNORM:
-        raise ValueError(f"unknown groupnorm kernel {kernel!r}; choose from {list(GROUPNORM)}")
-    if kernel == "torch":
-        return module
+    """Keep the reference GroupNorm layers (`torch`), or take their statistics from our Triton kernels, fused with the
+    residual blocks' bias and residual adds (`stats`: engines.fused.swap_stats; channels_last)."""
     if kernel == "stats":
         from engines.fused import swap_stats
 
         return swap_stats(module)
-    if kernel == "split":
-        from engines.fused import SplitGroupNorm
-
-        for m in module.modules():
-            if type(m) is ae.GroupNorm:
-                m.__class__ = SplitGroupNorm
-        return module
-    from plugin.groupnorm import TritonGroupNorm
-
-    swap_children(module, ae.GroupNorm, TritonGroupNorm.from_groupnorm)
     return module
 
 
@@ -74,12 +56,9 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
     return module
 
 
-# Library settings every call of an engine runs under (engines.runtime.precision_settings), and their defaults.
-LIBRARIES = {"cudnn_benchmark": False}
-
-
 def libraries(opts: dict) -> dict:
-    return {name: opts[name] for name in LIBRARIES}
+    """The library settings every call of an engine runs under (engines.runtime.precision_settings)."""
+    return {"cudnn_benchmark": opts["cudnn_benchmark"]}
 
 
 def prepare(
@@ -87,29 +66,17 @@ def prepare(
 ) -> tuple[nn.Module, dict]:
     """The module transforms the eager and inductor backends share, then the fault if one is asked for; returns the
     module and what was applied, with the approximations that makes ("approximations", reference/approximations.py).
-    """
+    `options`: an engine spec's (engines.spec, where they were checked), the absent ones at their defaults."""
     from engines import fp8, fused
 
-    defaults = {
-        "attention": "math", "groupnorm": "torch", "channels_last": False, **LIBRARIES,
-        **{name: choices[0] for name, choices in fused.FUSIONS.items()},
-        **{name: choices[0] for name, choices in fp8.OPTIONS.items()}, **EXTRA[backend],
-    }  # fmt: skip
-    opts = take_options(options, defaults, backend=backend)
+    opts = {**spec.defaults(backend), **options}
+    opts.pop("guidance")  # it chose the module (engines.components)
     fp8_options = {name: opts.pop(name) for name in fp8.OPTIONS}
-    fp8.check_options(**fp8_options)
-    if precision != "fp8" and any(fp8_options[name] != choices[0] for name, choices in fp8.OPTIONS.items()):
-        raise ValueError(f"{sorted(fp8.OPTIONS)} apply to precision fp8, not {precision}")
-    if precision == "fp8" and opts["mlp"] == "epilogue":
-        raise ValueError("mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM, and precision fp8 makes it an FP8 GEMM: "
-                         "choose one")  # fmt: skip
     module = marked if backend == "autocast" else cast(marked, precision)
-    fused.apply(module, **{name: opts[name] for name in fused.FUSIONS})
+    fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"], upsample=opts["upsample"], conv_out=opts["conv_out"])
     set_attention(module, opts["attention"])
     if precision == "fp8":
         opts.update(fp8_options, fp8_linears=fp8.swap_linears(module, **fp8_options))
-    if opts["groupnorm"] == "stats" and not opts["channels_last"]:
-        raise ValueError("groupnorm=stats reads channels_last tensors: add channels_last=True")
     swap_groupnorm(module, opts["groupnorm"])
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)
@@ -132,10 +99,6 @@ def approximations(opts: dict, *, precision: str, device: torch.device) -> tuple
 
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
-
-
-INDUCTOR = {"mode": "default", "persistent_reductions": True, "multi_kernel": False, "persistent_rows": 0}
-EXTRA = {"eager": {}, "autocast": {}, "inductor": INDUCTOR}
 
 
 @register_engine("eager")

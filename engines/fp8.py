@@ -35,18 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engines.spec import Fp8Options
 from reference import uvit as uv
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
 LINEARS_PER_BLOCK = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "skip_linear")
-OPTIONS = {  # first: the default
-    "fp8_scaling": ("tensor", "row"),
-    "fp8_accumulate": ("exact", "fast"),
-    "fp8_quantize": ("torch", "triton"),
-    "fp8_gelu": ("erf", "tanh"),
-    "fp8_layernorm": ("torch", "triton"),
-}
+OPTIONS = {f"fp8_{name}": choices for name, choices in Fp8Options.CHOICES.items()}  # first: the default
 TRITON_QUANTIZED = ("attn.proj", "mlp.fc2")  # fp8_quantize=triton
 
 
@@ -59,20 +54,12 @@ def quantize(x: Tensor, *, rows: bool = False) -> tuple[Tensor, Tensor]:
 
 
 def check_options(**given: str) -> None:
-    """Refuses unknown options, unknown values and combinations that do not exist; absent options take defaults."""
+    """Refuses unknown options, unknown values and combinations that do not exist (engines.spec.Fp8Options); absent
+    options take defaults."""
     unknown = sorted(set(given) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown fp8 options {unknown}; choose from {sorted(OPTIONS)}")
-    opts = {name: given.get(name, choices[0]) for name, choices in OPTIONS.items()}
-    for name, value in opts.items():
-        if value not in OPTIONS[name]:
-            raise ValueError(f"unknown {name} {value!r}; choose from {list(OPTIONS[name])}")
-    if opts["fp8_quantize"] == "triton" and opts["fp8_scaling"] != "row":
-        raise ValueError("fp8_quantize=triton computes a scale per row: add fp8_scaling=row")
-    if opts["fp8_gelu"] == "tanh" and opts["fp8_quantize"] != "triton":
-        raise ValueError("fp8_gelu=tanh is the GELU inside our Triton quantiser: add fp8_quantize=triton")
-    if opts["fp8_layernorm"] == "triton" and opts["fp8_quantize"] != "triton":
-        raise ValueError("fp8_layernorm=triton quantises with our Triton kernels: add fp8_quantize=triton")
+    Fp8Options(**{name.removeprefix("fp8_"): value for name, value in given.items()})
 
 
 class Quantized(NamedTuple):

@@ -13,9 +13,8 @@ suite shows what each costs.
                    contributions and a shifted sum of those (TapConv): cuDNN runs a 3-channel conv as a padded implicit
                    GEMM several times slower than a read of its input.
 
-`SplitGroupNorm` (`groupnorm=split`, engines.eager.swap_groupnorm) is the decoder's GroupNorm written for Inductor;
-`groupnorm=stats` (`swap_stats`) gives its statistics to our Triton kernels and restructures the residual blocks
-around them.
+`groupnorm=stats` (`swap_stats`) gives the decoder's GroupNorm statistics to our Triton kernels and restructures the
+residual blocks around them.
 """
 
 from __future__ import annotations
@@ -26,13 +25,6 @@ from torch import Tensor, nn
 
 from reference import autoencoder as ae
 from reference import uvit as uv
-
-FUSIONS = {
-    "mlp": ("reference", "epilogue"),
-    "qkv": ("separate", "stacked"),
-    "upsample": ("reference", "subpixel"),
-    "conv_out": ("reference", "taps"),
-}
 
 
 class EpilogueMlp(uv.Mlp):
@@ -118,62 +110,12 @@ def _phase_taps(w: Tensor, dim: int) -> Tensor:
     return torch.stack([torch.stack([t0, t1 + t2], dim), torch.stack([t0 + t1, t2], dim)])
 
 
-class SplitGroupNorm(ae.GroupNorm):
-    """The reference GroupNorm with its statistics reduced in two stages, in plain torch ops but for the second stage on
-    the GPU (plugin.groupnorm.merge_cells: one launch where Inductor made three).
-
-    Inductor gives each (sample, group) reduction of F.group_norm one program: at 512x512 a group holds a million
-    elements, and 32 programs leave most of the H100 idle. Here the first stage reduces many equal-sized cells, and the
-    second merges each group's cells exactly (equal counts: the mean of the variances plus the variance of the means).
-    The normalisation stays pointwise torch, which Inductor fuses with its neighbours: the conv bias before it, the
-    SiLU after it.
-
-    NCHW: a cell is a contiguous slice of one group, about CHUNK elements. channels_last: a cell is one channel over
-    ROWS pixels, so that a program reads whole rows of contiguous channels; cells cut from a group's channels (4 of
-    every 128 at the decoder's widest) would use a quarter of each memory sector they touch.
-    """
-
-    CHUNK = 8192  # NCHW: elements per cell
-    ROWS = 512  # channels_last: pixels per cell
-
-    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C, H, W), x's dtype and memory format
-        N, C, H, W = x.shape
-        G, HW = self.num_groups, H * W
-        CG = C // G
-        xf = x.float()
-        if channels_last(x):
-            k = chunks(HW, HW // self.ROWS)
-            parts = xf.permute(0, 2, 3, 1).reshape(N, k, HW // k, C)  # a view of NHWC memory
-            var, mean = torch.var_mean(parts, dim=2, correction=0)  # (N, k, C): cells of one channel
-        else:
-            k = chunks(HW, CG * HW // self.CHUNK)
-            cells = xf.reshape(N, G, k, CG * HW // k)
-            var, mean = (t.transpose(1, 2) for t in torch.var_mean(cells, dim=-1, correction=0))  # (N, k, G)
-        if x.is_cuda:
-            from plugin.groupnorm import merge_cells
-
-            group_mean, rstd = merge_cells(mean, var, G, self.eps)
-        else:
-            group_mean, rstd = merge(mean, var, G, self.eps)
-        return normalized(self, xf, group_mean, rstd).to(x.dtype)
-
-
 def normalized(gn: nn.GroupNorm, v: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
     """(v - mean) * rstd * weight + bias in fp32, v (N, C, H, W) fp32 and each group's mean and 1/std (N, G): pointwise
     torch that Inductor fuses with what comes before and after."""
     mean_c, rstd_c = (t.repeat_interleave(v.shape[1] // gn.num_groups, dim=1)[:, :, None, None] for t in (mean, rstd))
     w, b = gn.weight.float()[:, None, None], gn.bias.float()[:, None, None]
     return (v - mean_c) * (rstd_c * w) + b
-
-
-def merge(mean: Tensor, var: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
-    """SplitGroupNorm's second stage in torch: cells (N, K, C) -> each group's mean and 1/std (N, G). On the GPU
-    plugin.groupnorm.merge_cells does the same in one launch."""
-    N, K, C = mean.shape
-    cells = lambda t: t.reshape(N, K, groups, C // groups).transpose(1, 2).reshape(N, groups, -1)  # noqa: E731
-    group_mean = cells(mean).mean(-1)
-    group_var = cells(var).mean(-1) + (cells(mean) - group_mean[..., None]).square().mean(-1)
-    return group_mean, torch.rsqrt(group_var + eps)
 
 
 class StatsGroupNorm(ae.GroupNorm):
@@ -283,11 +225,6 @@ def plus_bias(x: Tensor, bias: Tensor | None) -> Tensor:
     return x.float() if bias is None else x.float() + bias.float()[:, None, None]
 
 
-def chunks(n: int, want: int) -> int:
-    """The smallest divisor of n that is at least `want` (n itself if none is smaller), at least 1."""
-    return next((d for d in range(max(want, 1), n) if n % d == 0), n) if want > 1 else 1
-
-
 class StackedQKVAttention(nn.Module):
     """Hugging Face's CLIPAttention with q/k/v in one `qkv` Linear, called as its encoder layer calls it."""
 
@@ -325,9 +262,6 @@ def apply(module: nn.Module, *, mlp: str, qkv: str, upsample: str, conv_out: str
     the upsampling folds its weights in their final dtype)."""
     from transformers.models.clip.modeling_clip import CLIPAttention
 
-    for name, value in (("mlp", mlp), ("qkv", qkv), ("upsample", upsample), ("conv_out", conv_out)):
-        if value not in FUSIONS[name]:
-            raise ValueError(f"unknown {name} {value!r}; choose from {list(FUSIONS[name])}")
     for m in module.modules():
         if mlp == "epilogue" and type(m) is uv.Mlp:
             m.__class__ = EpilogueMlp  # same parameters and hooks, another forward

@@ -9,46 +9,26 @@ import torch
 
 from engines import BackendUnavailable, register_engine
 from engines.eager import libraries, prepare
-from engines.runtime import environ, finish, under
+from engines.runtime import finish, under
 
-MODES = ("default", "max-autotune-no-cudagraphs")  # our own CUDA graphs replace Inductor's
 RECOMPILE_LIMIT = 512
 
 
 @register_engine("inductor")
 def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
     module, opts = prepare(marked, precision=precision, options=options, backend="inductor", fault=fault)
-    if opts["mode"] not in MODES:
-        raise ValueError(f"unknown inductor mode {opts['mode']!r}; choose from {list(MODES)}")
-    for name in ("persistent_reductions", "multi_kernel"):
-        if not isinstance(opts[name], bool):
-            raise ValueError(f"{name} is True or False, not {opts[name]!r}")
     rows = opts["persistent_rows"]
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-        raise ValueError(f"persistent_rows is a row length (0: Inductor's own choice), not {rows!r}")
-    if rows and not opts["persistent_reductions"]:
-        raise ValueError("persistent_rows makes rows persistent, and persistent_reductions=False forbids it")
     # Inductor's settings go in torch.compile's options, not only in a config patch around the call: dynamo reuses a
     # graph compiled for an equal module under equal options, so an engine whose settings lived only in a patch was
     # served the graph of the engine built before it (seen: persistent_rows=2048 after 0 compiled nothing).
-    # persistent_reductions: Inductor makes a reduction persistent (one program per row) when a row fits its
-    # heuristic; for the decoder's GroupNorms a "row" is a whole group, a million elements at 512x512, and 32 programs
-    # leave the GPU idle. multi_kernel: rows of up to 16x that heuristic's 1024 elements get a persistent and a looped
-    # kernel, and the first call keeps the faster. Its file of picks is off: torch 2.11 with Triton 3.6 fails to read
-    # it for a graph served by the FX graph cache (TypeError in JITFunction.cache_key), so each process times the pair
-    # again on its first call. persistent_rows: the choice made when compiling (engines.reductions).
+    # persistent_rows: which reductions read their rows whole, chosen when compiling (engines.reductions).
     from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
 
     # emulate_precision_casts: a fused kernel rounds each intermediate to the engine's dtype where eager code would
     # store it, instead of keeping it in fp32 registers; otherwise whether a value is rounded depends on what gets
     # fused, and marking a layer (which stores its output) moved a bf16 U-ViT's output by 0.7% (tiny, CPU).
-    settings = {
-        **list_mode_options(opts["mode"]),
-        "triton.persistent_reductions": opts["persistent_reductions"],
-        "triton.multi_kernel": int(opts["multi_kernel"]),
-        "emulate_precision_casts": True,
-    }
+    settings = {**list_mode_options(opts["mode"]), "emulate_precision_casts": True}
     if rows:
         if not hasattr(inductor_config, "inductor_choices_class"):
             raise BackendUnavailable(f"persistent_rows needs torch._inductor.config.inductor_choices_class, which "
@@ -62,13 +42,11 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
         a call recompiles there). Every engine compiles the same forward code object with its own guards; without
         room for them (recompile_limit), dynamo would silently fall back to eager after 8 engines. Marks are forward
         hooks, and by default dynamo does not guard on hooks, so an engine with marks could reuse the graph of an
-        engine without them (seen: a marked CLIP returned no marks). multi_kernel reads Inductor's config at run time,
-        on the first call, where it times its pairs."""
+        engine without them (seen: a marked CLIP returned no marks)."""
         stack = contextlib.ExitStack()
         limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         stack.enter_context(torch._dynamo.config.patch(recompile_limit=limit, skip_nnmodule_hook_guards=False))
         stack.enter_context(inductor_config.patch(settings))
-        stack.enter_context(environ("TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE", "1" if opts["multi_kernel"] else None))
         if rows:
             stack.enter_context(reductions.installed())
         return stack

@@ -24,7 +24,6 @@ from engines import BackendUnavailable, register_engine, register_limits
 from engines.runtime import cast, check_inputs, swap_children, take_options
 
 OPSET = 18
-GROUPNORM = ("centered", "onnx")
 
 
 class CenteredGroupNorm(nn.Module):
@@ -111,15 +110,10 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
     from engines.eager import EXPORTABLE, set_attention
     from engines.faults import inject
 
-    opts = take_options(
-        options, {"attention": "math", "groupnorm": "centered", "export_dir": ""}, backend="onnxruntime"
-    )
-    if opts["groupnorm"] not in GROUPNORM:
-        raise ValueError(f"unknown groupnorm {opts['groupnorm']!r} for onnxruntime; choose from {list(GROUPNORM)}")
+    opts = take_options(options, {"attention": "math", "export_dir": ""}, backend="onnxruntime")
     chosen = providers(device, precision=precision, cuda_graph=cuda_graph)
     module = set_attention(cast(marked, precision), opts["attention"], EXPORTABLE)
-    if opts["groupnorm"] == "centered":
-        centre_groupnorms(module)
+    centre_groupnorms(module)  # torch's own export (InstanceNormalization) loses fp32 accuracy: docs/performance.md
     if fault is not None:
         inject(module.module, fault)
     folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-onnx-"))

@@ -17,9 +17,9 @@ Fn = Callable[..., dict[str, Tensor]]
 
 
 def cast(module: nn.Module, precision: str) -> nn.Module:
-    from engines import PRECISIONS
+    from engines.registry import DTYPES
 
-    return module.to(PRECISIONS[precision])
+    return module.to(DTYPES[precision])
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ import time
 import torch
 from torch import Tensor
 
-from engines import Engine, build_engine, engine_name
+from engines import Engine, build_engine
 from engines.runtime import finish
+from engines.spec import EngineSpec
 from reference import dpm_solver
 from reference.checkpoints import Models
 
@@ -69,6 +70,7 @@ def build_sampler(
         warmup=1,
     )
     seconds = {**{f"step_{k}": v for k, v in step.seconds.items()}, **seconds, "build": time.perf_counter() - t0}
-    name = engine_name("sampler", step.backend, precision, cuda_graph, options)
+    # the U-ViT step's spec, graphed as a whole loop: named as the sampler it is
+    name = "sampler" + EngineSpec.of("uvit", step.backend, precision, cuda_graph, **options).id.removeprefix("uvit")
     meta = {**step.meta, "calls": plan.calls, "graph": "whole loop" if cuda_graph else "none"}
     return Engine(name, fn, "sampler", step.backend, precision, cuda_graph, (), seconds, meta)

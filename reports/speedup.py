@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.ladder import BASELINE, LADDER
-from engines.components import COMPONENTS
+from engines.recipes import BASELINE, LADDER
+from engines.spec import COMPONENTS
 from reports.common import check_writable, env_header
 
 ROWS = {"clip": "clip + encode_prefix", "uvit": "uvit (one guided step)", "decoder": "decoder", "pipeline": "pipeline"}
@@ -40,6 +40,8 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
                      "benchmarks": len(data["benchmarks"])})  # fmt: skip
         for b in data["benchmarks"]:
             info = dict(b.get("extra_info", {}))
+            if "engine" in info:  # a component's case is its engine id (engines.spec), as old files' names show it
+                info["case"] = info["engine"]
             row = {"name": b["name"], "group": b.get("group"), "wall_median_ms": b["stats"]["median"] * 1e3, **info}
             rows.append({**row, "file": Path(path).name})
     every = pd.DataFrame(rows)
@@ -86,7 +88,7 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     pipes = df[df["group"] == "pipeline"].set_index("rung") if "rung" in df else pd.DataFrame()
     table = {}
     for rung in LADDER:
-        col = {c: by_case.get(b.case_id(c), float("nan")) for c, b in rung.builds.items()}
+        col = {c: by_case.get(b.id, float("nan")) for c, b in rung.builds.items()}
         col["pipeline"] = pipes["wall_p50_ms"].get(rung.name, float("nan")) if len(pipes) else float("nan")
         table[rung.label] = col
     out = pd.DataFrame(table).reindex(list(ROWS))
@@ -148,7 +150,7 @@ def against_targets(
     (reports.profiles.index of the report's folder), and `also` a further report by row (the U-ViT's ceilings).
     With `verdicts` (image_verdicts), the pipeline row's best is the fastest rung whose images pass: a speed target
     counts only for a recipe that passes."""
-    from reports.profiles import spec_key
+    from reports.profiles import engine_id
 
     table = table.copy()
     if verdicts is not None:
@@ -166,7 +168,7 @@ def against_targets(
     out["configuration"] = table["best configuration"]
 
     def profile(config: object) -> str:
-        name = (profiles or {}).get(spec_key(config)) if isinstance(config, str) and config.count("-") >= 2 else None
+        name = (profiles or {}).get(engine_id(config)) if isinstance(config, str) else None
         return f"[{name}]({name})" if name else "-"
 
     out["profile"] = out["configuration"].map(profile)

@@ -89,8 +89,14 @@ def test_copy_bandwidth_is_a_memory_bandwidth():
 
 
 def test_engine_options_parse_from_the_command_line():
-    assert parse_options(["attention=sdpa", "channels_last=true"]) == {"attention": "sdpa", "channels_last": True}
-    assert parse_options(["persistent_rows=2048", "mode=default"]) == {"persistent_rows": 2048, "mode": "default"}
+    from engines.spec import EngineSpec
+
+    options = parse_options(["channels_last=true", "persistent_rows=2048", "groupnorm=stats"])
+    assert options == {"channels_last": "true", "persistent_rows": "2048", "groupnorm": "stats"}
+    spec = EngineSpec.of("decoder", "inductor", "fp16", **options)
+    assert spec.options.channels_last is True and spec.settings.persistent_rows == 2048
+    with pytest.raises(ValueError, match="persistent_rows is a whole number, not 'many'"):
+        EngineSpec.of("decoder", "inductor", "fp16", **parse_options(["persistent_rows=many"]))
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         parse_options(["attention"])
 

@@ -21,7 +21,7 @@ def worker_files(tmp_path_factory):
     cmd = [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(ROOT / "bench"), "-n", "2",
         "--maxschedchunk", "1", "--bench-xdist", "--benchmark-json", str(out / "bench.json"),
-        "--bench-images", str(out / "images"), "-k", "test_component and eager-fp32 or test_pipeline",
+        "--bench-images", str(out / "images"), "-k", "test_component and eager/fp32 or test_pipeline",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

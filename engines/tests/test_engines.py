@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines import BackendUnavailable, build_engine, engine_name
+from engines import BackendUnavailable, build_engine
 from engines.components import component_module, default_marks, example_inputs, module_by_mark
 from engines.tests import engine_against_eager
 from reference.autoencoder import to_uint8
@@ -23,7 +23,7 @@ def cpu_models():
     "kwargs, error, message",
     [
         (dict(component="vae"), ValueError, r"unknown component 'vae'; choose from \['clip', 'uvit', 'decoder'\]"),
-        (dict(backend="tvm"), ValueError, r"unknown backend 'tvm'; choose from \['autocast', 'eager', 'inductor'"),
+        (dict(backend="tvm"), ValueError, r"unknown backend 'tvm'; choose from \['eager', 'autocast', 'inductor'"),
         (dict(precision="int8"), ValueError, r"unknown precision 'int8'; choose from \['fp32', 'fp16', 'bf16'"),
         (dict(marks=("uvit.in_blocks.99",)), ValueError, r"unknown marks \['uvit.in_blocks.99'\] for component 'uvit'"),
         (dict(marks=("output",)), ValueError, r"unknown marks \['output'\]"),
@@ -31,21 +31,22 @@ def cpu_models():
         (dict(backend="trt"), BackendUnavailable, r"tensorrt is not installed: pip install 'unidiffuser-bench\[trt\]'"),
         (dict(backend="tensorrt_llm"), BackendUnavailable, "tensorrt_llm is not installed"),
         (dict(backend="autocast"), ValueError, "choose fp16 or bf16"),
-        (dict(color="red"), ValueError, r"unknown options \['color'\] for backend 'eager'"),
-        (dict(groupnorm="apex"), ValueError, r"unknown groupnorm kernel 'apex'"),
-        (dict(attention="flash3"), ValueError, r"unknown attention 'flash3'; choose from \['math', 'sdpa', 'triton'\]"),
+        (dict(color="red"), ValueError, r"option 'color' does not apply to uvit on eager; it takes \['attention'"),
+        (dict(component="decoder", groupnorm="apex"), ValueError,
+         r"groupnorm='apex' is not a choice; choose from \['torch', 'stats'\]"),
+        (dict(attention="flash3"), ValueError, r"attention='flash3' is not a choice; choose from \['math'"),
         (dict(postprocess=True), ValueError, "postprocess folds uint8 conversion into an unmarked, unfaulted decoder"),
-        (dict(backend="inductor", persistent_reductions="no"), ValueError, "persistent_reductions is True or False"),
-        (dict(backend="inductor", multi_kernel=1), ValueError, "multi_kernel is True or False, not 1"),
-        (dict(multi_kernel=True), ValueError, r"unknown options \['multi_kernel'\] for backend 'eager'"),
-        (dict(backend="inductor", persistent_rows=True), ValueError, "persistent_rows is a row length .*, not True"),
-        (dict(backend="inductor", persistent_rows=2048, persistent_reductions=False), ValueError,
-         "persistent_reductions=False forbids it"),
-        (dict(cublaslt_workspace=0), ValueError, r"unknown options \['cublaslt_workspace'\] for backend 'eager'"),
+        (dict(component="decoder", qkv="stacked"), ValueError, "option 'qkv' does not apply to decoder on eager"),
+        (dict(groupnorm="stats"), ValueError, "option 'groupnorm' does not apply to uvit on eager"),
+        (dict(backend="inductor", multi_kernel=True), ValueError, "option 'multi_kernel' does not apply"),
+        (dict(persistent_rows=2048), ValueError, "option 'persistent_rows' does not apply to uvit on eager"),
+        (dict(backend="inductor", persistent_rows=True), ValueError, "persistent_rows is a whole number, not True"),
+        (dict(fp8_scaling="row"), ValueError, "fp8_\\* options apply to the U-ViT at precision fp8, not uvit at fp32"),
+        (dict(cublaslt_workspace=0), ValueError, "option 'cublaslt_workspace' does not apply"),
     ],
-    ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "trt",
-         "trtllm", "autocast-fp32", "option", "groupnorm", "attention", "postprocess-uvit", "reductions",
-         "multi-kernel", "multi-kernel-eager", "persistent-rows", "persistent-rows-forbidden", "no-workspace-option"],
+    ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "trt", "trtllm", "autocast-fp32",
+         "option", "groupnorm", "attention", "postprocess-uvit", "qkv-decoder", "groupnorm-uvit",
+         "multi-kernel-retired", "rows-eager", "persistent-rows", "fp8-at-fp32", "no-workspace-option"],
 )  # fmt: skip
 def test_impossible_requests_get_clear_errors(cpu_models, kwargs, error, message):
     kw = {"component": "uvit", **kwargs}
@@ -59,11 +60,10 @@ def test_torch_is_an_alias_of_eager(cpu_models):
     assert build_engine("clip", cpu_models, backend="torch").name == "clip/eager/fp32"
 
 
-def test_engine_names():
-    assert engine_name("uvit", "inductor", "fp16", True, {}) == "uvit/inductor/fp16/graph"
-    assert (
-        engine_name("decoder", "eager", "fp16", False, {"groupnorm": "triton"}) == "decoder/eager/fp16+groupnorm=triton"
-    )
+def test_engine_names_are_the_specs_id(cpu_models):
+    engine = build_engine("decoder", cpu_models, precision="fp16", channels_last=True, groupnorm="stats")
+    assert engine.name == "decoder/eager/fp16+channels_last=True,groupnorm=stats"
+    assert build_engine("decoder", cpu_models, postprocess=True).name == "decoder/eager/fp32+uint8=1"
 
 
 @pytest.mark.parametrize("component", ["clip", "uvit", "decoder"])
@@ -187,32 +187,17 @@ def test_engines_take_another_floating_dtype_but_not_another_shape(cpu_models):
         check_inputs(static, {"x": torch.ones(2, 4), "ids": torch.ones(1, 3, dtype=torch.long)})
 
 
-# Seen on the H100 (torch 2.11, Triton 3.6) once the option reached the compile (engines.inductor passes it in
-# torch.compile's options; before, this engine was served the graph of a plain one): the tiny U-ViT fails to compile,
-# TypeError "'NoneType' object does not support the context manager protocol" from a Triton JITFunction, the error of
-# README "Known problems". The full-size fp8 U-ViT compiles with it, but its marked graph failed to load from the FX
-# graph cache. Any other failure still fails the test.
-MULTI_KERNEL_BUG = pytest.mark.xfail(
-    raises=torch._dynamo.exc.BackendCompilerFailed, strict=False,
-    reason="Inductor multi_kernel, torch 2.11 / Triton 3.6: JITFunction without its hash lock (README Known problems)",
-)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "option, value, device",
-    [("multi_kernel", True, "cpu"), pytest.param("multi_kernel", True, "cuda", marks=[gpu, MULTI_KERNEL_BUG]),
-     ("persistent_rows", 2048, "cpu"), pytest.param("persistent_rows", 2048, "cuda", marks=gpu)],
-)  # fmt: skip
-def test_reduction_options_are_inductor(cpu_models, option, value, device):
-    """multi_kernel and persistent_rows only choose how a reduction's row is read: every mark within fp32 rounding.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+def test_persistent_rows_only_chooses_how_rows_are_read(cpu_models, device):
+    """persistent_rows only chooses how a reduction's row is read: every mark within fp32 rounding.
     The CPU's C++ kernels make no such choice; there the option must still reach the build (and the FX graph cache's
     key) and change nothing."""
     import copy
 
     torch._dynamo.reset()  # no graph of an earlier test
     models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
-    engine = engine_against_eager(models, "uvit", device=torch.device(device), backend="inductor", **{option: value})
-    assert engine.meta[option] == value
+    engine = engine_against_eager(models, "uvit", device=torch.device(device), backend="inductor", persistent_rows=2048)
+    assert engine.meta["persistent_rows"] == 2048
 
 
 @gpu
@@ -279,9 +264,8 @@ def process_state() -> dict:
         ("eager", {"cudnn_benchmark": True}),
         ("eager", {"mlp": "epilogue", "attention": "sdpa"}),
         ("inductor", {"persistent_rows": 2048, "cudnn_benchmark": True}),
-        ("inductor", {"multi_kernel": True, "persistent_reductions": True}),
     ],
-    ids=["eager-cudnn", "eager-fused", "inductor-rows", "inductor-multi-kernel"],
+    ids=["eager-cudnn", "eager-fused", "inductor-rows"],
 )
 def test_building_and_running_an_engine_leaves_the_process_as_it_was(cpu_models, backend, options):
     inputs = example_inputs("uvit", cpu_models.config, device="cpu")
@@ -319,7 +303,7 @@ def test_engines_built_one_after_another_behave_as_each_alone():
     second fp8 engine computes bit for bit what the first, built before any other, did (the fp8 GEMM once failed
     with CUBLAS_STATUS_INVALID_VALUE after an engine had changed cuBLASLt's workspace for the process), and each
     engine stays as close to the fp64 reference as its precision allows."""
-    from bench.matrix import fast_options
+    from engines.recipes import fast_options
     from reference.checkpoints import load_models
     from reference.configs import ModelConfig
 
@@ -329,7 +313,7 @@ def test_engines_built_one_after_another_behave_as_each_alone():
     inputs = example_inputs("uvit", models.config, device="cuda")
     ref = build_engine("uvit", models, precision="fp64")(**inputs)["output"]
     fp8 = dict(backend="inductor", precision="fp8", cuda_graph=True)
-    fast = dict(backend="inductor", precision="fp16", cuda_graph=True, **dict(fast_options("uvit", "fp16")))
+    fast = dict(backend="inductor", precision="fp16", cuda_graph=True, **fast_options("uvit", "fp16"))
     outputs = {}
     for name, kw in [("fp8 first", fp8), ("fast", fast), ("fp8 after fast", fp8), ("reference", {})]:
         outputs[name] = build_engine("uvit", models, **kw)(**inputs)["output"].double()

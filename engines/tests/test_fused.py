@@ -66,7 +66,10 @@ def test_triton_attention_through_the_interpreter():
 
 @pytest.mark.parametrize(
     "component, options, problem",
-    [("clip", {}, "add qkv=stacked"), ("decoder", {}, "the decoder takes math or sdpa")],
+    [
+        ("clip", {}, "add qkv=stacked"),
+        ("decoder", {}, r"attention='triton' is not a choice; choose from \['math', 'sdpa'\]"),
+    ],
 )
 def test_triton_attention_outside_stacked_clip_is_refused(models, component, options, problem):
     with pytest.raises(ValueError, match=problem):
@@ -79,19 +82,18 @@ def test_epilogue_mlp_keeps_the_parameters_and_on_the_cpu_the_numbers(models):
 
 
 def test_epilogue_mlp_and_fp8_linears_are_refused_together(models):
-    from engines.eager import prepare
-
-    uvit = component_module("uvit", models)  # prepare refuses before it copies or casts anything
     with pytest.raises(ValueError, match="mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM.*choose one"):
-        prepare(uvit, precision="fp8", options={"mlp": "epilogue"}, backend="inductor")
+        build_engine("uvit", models, backend="inductor", precision="fp8", mlp="epilogue")
 
 
 @pytest.mark.parametrize(
-    "option, value", [("mlp", "fused"), ("qkv", "packed"), ("upsample", "bilinear"), ("conv_out", "winograd")]
-)
-def test_unknown_fusions_are_named(models, option, value):
-    with pytest.raises(ValueError, match=f"unknown {option} '{value}'; choose from"):
-        build_engine("clip", models, **{option: value})
+    "component, option, value",
+    [("uvit", "mlp", "fused"), ("clip", "qkv", "packed"), ("decoder", "upsample", "bilinear"),
+     ("decoder", "conv_out", "winograd")],
+)  # fmt: skip
+def test_unknown_fusions_are_named(models, component, option, value):
+    with pytest.raises(ValueError, match=f"{option}='{value}' is not a choice; choose from"):
+        build_engine(component, models, **{option: value})
 
 
 @pytest.mark.gpu
@@ -102,8 +104,6 @@ def test_unknown_fusions_are_named(models, option, value):
         ("uvit", {"attention": "triton"}),
         ("clip", {"qkv": "stacked"}),
         ("clip", {"qkv": "stacked", "attention": "triton"}),
-        ("decoder", {"groupnorm": "split"}),
-        ("decoder", {"groupnorm": "split", "channels_last": True}),
         ("decoder", {"upsample": "subpixel", "channels_last": True}),
         ("decoder", {"conv_out": "taps", "channels_last": True}),
         ("decoder", {"groupnorm": "stats", "channels_last": True}),
@@ -117,39 +117,6 @@ def test_fusions_stay_within_fp16_error_on_the_gpu(models, component, option):
     got = build_engine(component, models, precision="fp16", **{"attention": "sdpa", **option}).output(**inputs).double()
     err, base = ((got - want).norm() / want.norm()).item(), ((plain - want).norm() / want.norm()).item()
     assert err < max(2 * base, 1e-3), (err, base)
-
-
-@pytest.mark.parametrize("shape", [(2, 64, 32, 32), (1, 32, 7, 5), (1, 96, 16, 16)], ids=["pow2", "odd", "cg3"])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_split_groupnorm_is_the_reference_groupnorm(shape, layout):
-    from reference import autoencoder as ae
-
-    torch.manual_seed(0)
-    ref = ae.GroupNorm(shape[1]).double()
-    with torch.no_grad():
-        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
-    split = copy.deepcopy(ref).float()
-    split.__class__ = fused.SplitGroupNorm
-    split.CHUNK, split.ROWS = 64, 8  # several cells per group even at these sizes
-    std = 0.05 + torch.rand(shape[1], 1, 1, dtype=torch.float64)
-    x = (3.0 + torch.randn(shape, dtype=torch.float64) * std).float()  # mean >> std, as after a conv with a bias
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    got = split(x.contiguous(memory_format=memory_format))
-    assert got.is_contiguous(memory_format=memory_format)
-    want = ref(x.double())  # exact statistics of the same fp32 input
-    torch_fp32 = copy.deepcopy(ref).float()(x)
-    err = lambda y: (y.double() - want).abs().max().item()  # noqa: E731
-    assert err(got) <= 2 * err(torch_fp32) + 1e-7, (err(got), err(torch_fp32))
-
-
-@pytest.mark.parametrize("n, want, chunks", [(4096, 16, 16), (35, 4, 5), (7, 3, 7), (64, 0, 1), (64, 1, 1)])
-def test_chunks_divide_the_pixels(n, want, chunks):
-    assert fused.chunks(n, want) == chunks
-
-
-def test_split_groupnorm_decoder_engine_keeps_the_marks_on_the_cpu(models):
-    engine = engine_against_eager(models, "decoder", device=torch.device("cpu"), groupnorm="split")
-    assert engine.meta["groupnorm"] == "split"
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 6), (1, 16, 5, 7)], ids=["square", "odd"])
@@ -208,7 +175,7 @@ def test_tap_conv_decoder_engine_keeps_the_marks_on_the_cpu(models):
     assert engine.meta["conv_out"] == "taps"
     compiled = engine_against_eager(
         models, "decoder", device=torch.device("cpu"), backend="inductor", conv_out="taps",
-        channels_last=True, upsample="subpixel", groupnorm="split",
+        channels_last=True, upsample="subpixel", groupnorm="stats",
     )  # fmt: skip
     assert compiled.meta["conv_out"] == "taps"
 

@@ -1,6 +1,6 @@
 """`pytest reference`: every engine of this machine's matrix against the fp64 oracle, mark by mark.
 
-One test per engine and property (ids like `uvit-inductor-fp16-graph`): its marks within their bounds
+One test per engine and property (ids like `uvit/inductor/fp16/graph`): its marks within their bounds
 (reference/tolerances.py) against the oracle making the engine's declared approximations, each mark recomputed from
 the engine's own values before it (References.judge), with the first mark that leaves its bound named, and its
 output end to end; its marks not perturbing what it computes; for fp8, each FP8 linear against its emulation on
@@ -64,8 +64,7 @@ def engine_runs(models, references):
 
 
 def build(models, spec, **kw):
-    return build_engine(spec.component, models, backend=spec.backend, precision=spec.precision,
-                        cuda_graph=spec.cuda_graph, **dict(spec.options), **kw)  # fmt: skip
+    return build_engine(spec.component, models, **spec.kwargs(), **kw)
 
 
 def test_engine_matches_reference(engine_spec, references, engine_runs, accuracy_log, activation_stats):
@@ -81,7 +80,7 @@ def test_engine_matches_reference(engine_spec, references, engine_runs, accuracy
     rows = [
         {
             "engine": runs.name, "component": spec.component, "backend": spec.backend, "precision": spec.precision,
-            "cuda_graph": spec.cuda_graph, "options": ",".join(f"{k}={v}" for k, v in spec.options) or "-",
+            "cuda_graph": spec.cuda_graph, "options": ",".join(f"{k}={v}" for k, v in spec.flat().items()) or "-",
             "approximations": ",".join(runs.approximations) or "-", "order": i, "plain": plain[mark],
             "plain_precision": rule_for(spec.component, spec.precision).plain, "status": r.status, **r.as_dict(),
             "end_to_end": carried[mark], "plain_end_to_end": carried_plain[mark],

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench.matrix import fast_options
 from engines import BackendUnavailable, build_engine
 from engines.faults import Fault, FaultDoesNotApply
+from engines.recipes import fast_options
 from reference.compare import RunResult, errors_against, first_failure, rel_l2
 from reference.tests import References, fp8_linear_check, fp8_marks
 

@@ -75,7 +75,7 @@ def test_build_times_are_set_against_their_targets():
          "clip_compile_s": 14.0, "sampler_step_compile_s": 80.0, "fxgraph_cache_hit": 0, "fxgraph_cache_miss": 3},
         {"group": "build", "rung": "fast", "caches": "warm", "build_s": 9.5, "model_load_s": 25.0,
          "clip_compile_s": 1.0, "sampler_step_compile_s": 4.0, "fxgraph_cache_hit": 3, "fxgraph_cache_miss": 0},
-        {"group": "clip", "case": "clip-eager-fp32", "p50_ms": 1.0},
+        {"group": "clip", "case": "clip/eager/fp32", "p50_ms": 1.0},
     ]  # fmt: skip
     table = build_from_caches(pd.DataFrame(rows))
     assert list(table.index) == ["fast, fresh caches", "fast, warm caches"]
@@ -88,19 +88,18 @@ def test_each_target_points_at_the_profile_of_its_best_engine(tmp_path):
     import pandas as pd
 
     from reports.common import env_header
-    from reports.profiles import engine_key, index, spec_key
+    from reports.profiles import engine_id, index
     from reports.speedup import against_targets
 
-    assert spec_key("clip-inductor-fp16-graph-qkv=stacked-attention=triton") == engine_key(
+    assert engine_id("clip/inductor/fp16/graph+qkv=stacked,attention=triton") == engine_id(
         "clip/inductor/fp16/graph+attention=triton,qkv=stacked"
     )
-    dashed = spec_key("clip-inductor-fp16-mode=max-autotune-no-cudagraphs-qkv=stacked")
-    assert dashed == engine_key("clip/inductor/fp16+mode=max-autotune-no-cudagraphs,qkv=stacked")
-    assert spec_key("clip-inductor-fp16-graph") != spec_key("clip-inductor-fp16")
-    split = "decoder/inductor/fp16/graph+channels_last=True,groupnorm=split"
+    assert engine_id("decoder/inductor/fp16+groupnorm=split") is None and engine_id("fast") is None  # retired; a recipe
+    stats = "decoder/inductor/fp16/graph+groupnorm=stats,channels_last=True"
     profiles = {  # file: (date, engine); the decoder is profiled twice, the later one counts
-        "profile-decoder-old.md": ("2026-11-23 10:00 UTC", split),
-        "profile-decoder-new.md": ("2026-11-24 04:00 UTC", split),
+        "profile-decoder-old.md": ("2026-11-23 10:00 UTC", stats),
+        "profile-decoder-new.md": ("2026-11-24 04:00 UTC", stats),
+        "profile-decoder-split.md": ("2026-11-25 04:00 UTC", "decoder/inductor/fp16/graph+groupnorm=split"),
         "profile-clip.md": ("2026-11-24 04:00 UTC", "clip/inductor/fp16/graph+qkv=stacked"),
     }  # fmt: skip
     for name, (date, engine) in profiles.items():
@@ -109,8 +108,8 @@ def test_each_target_points_at_the_profile_of_its_best_engine(tmp_path):
     assert sorted(found.values()) == ["profile-clip.md", "profile-decoder-new.md"]
     table = pd.DataFrame(
         {"best measured": [0.6, 9.0, 6.0, 500.0],
-         "best configuration": ["clip-inductor-fp16-graph-qkv=stacked-attention=triton", "uvit-inductor-fp16-graph",
-                                "decoder-inductor-fp16-graph-groupnorm=split-channels_last=True", "fast"]},
+         "best configuration": ["clip/inductor/fp16/graph+attention=triton,qkv=stacked", "uvit/inductor/fp16/graph",
+                                "decoder/inductor/fp16/graph+channels_last=True,groupnorm=stats", "fast"]},
         index=["clip", "uvit", "decoder", "pipeline"],
     )  # fmt: skip
     got = against_targets(table, found)["profile"]
@@ -190,14 +189,14 @@ def test_every_build_run_is_listed_with_its_file(tmp_path):
 
 def speedup_rows(fast_uvit_ms: float = 10.0) -> list[dict]:
     """Component benchmarks of two ladder rungs, as pytest-benchmark's JSON gives them to load_runs."""
-    from bench.ladder import LADDER
+    from engines.recipes import LADDER
 
     base, fast = (next(r for r in LADDER if r.name == n) for n in ("pytorch-fp16-baseline", "fast"))
     rows = []
     for rung, ms in ((base, {"clip": 4.0, "uvit": 100.0, "decoder": 50.0}),
                      (fast, {"clip": 1.0, "uvit": fast_uvit_ms, "decoder": 5.0})):  # fmt: skip
         for c, b in rung.builds.items():
-            rows.append({"name": f"test_component[{b.case_id(c)}]", "group": c, "case": b.case_id(c), "component": c,
+            rows.append({"name": f"test_component[{b.id}]", "group": c, "case": b.id, "component": c,
                          "p50_ms": ms[c], "flops": {"clip": 1e10, "uvit": 4.66e12, "decoder": 2.5e12}[c]})  # fmt: skip
     rows.append({"name": "test_matmul_peak[fp16]", "group": "peak", "precision": "float16", "tflops": 800.0})
     return rows
@@ -211,7 +210,7 @@ def test_the_speedup_table_takes_the_fastest_and_divides_the_baseline_by_each():
     df = pd.DataFrame(speedup_rows())
     table = speedup_table(df)
     assert table.loc["uvit", "best measured"] == 10.0
-    assert table.loc["uvit", "best configuration"].startswith("uvit-inductor-fp16-graph")
+    assert table.loc["uvit", "best configuration"].startswith("uvit/inductor/fp16/graph")
     sp = speedups(table)
     assert sp.loc["uvit", "Inductor-FP16 + SDPA + whole-loop graph"] == pytest.approx(10.0)  # 100 ms / 10 ms
     assert sp.loc["uvit", "PyTorch-FP16 baseline (U-ViT autocast)"] == pytest.approx(1.0)
@@ -277,3 +276,20 @@ def test_engines_of_a_run_made_again_are_summarised_once(accuracy_results, tmp_p
     engines = summary(tables)["engine"]
     assert len(engines) == len(set(engines)) == len({r["engine"] for r in data["engines"]})
     assert len(tables["perturbation"]) == len({r["engine"] for r in data["perturbation"]})
+
+
+def test_the_reports_import_without_torch_or_any_layer_below():
+    """reports/ reads JSON; the engine ids and recipes it needs come from the torch-free engines.spec and
+    engines.recipes. Run in a fresh interpreter where importing torch fails."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import reports.accuracy, reports.pd, reports.speedup, reports.profiles\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'bench', 'reference', 'plugin', 'pytest'})\n"
+        "assert not loaded, loaded\n"
+        "assert sorted(m for m in sys.modules if m.startswith('engines.')) == ['engines.recipes', 'engines.spec']\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
