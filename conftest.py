@@ -69,7 +69,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="off, on or both (both on a GPU, off on a CPU). Default: %(default)r")  # fmt: skip
     g.addoption("--engine-set", metavar="SET", default="matrix", choices=["matrix", "ladder"],
                 help="the accuracy suite's engines: the matrix of --backends x --precisions x --cuda-graphs, or "
-                     "every engine of the speed-up table's columns and recipes (bench/ladder.py). "
+                     "every engine of the speed-up table's columns and recipes (engines/recipes.py). "
                      "Default: %(default)r")  # fmt: skip
     g.addoption("--results-dir", metavar="DIR", default="results", type=Path,
                 help="where raw results (JSON) are written. Default: %(default)r")  # fmt: skip

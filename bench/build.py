@@ -95,7 +95,7 @@ def build_times(
     """Build every engine of `rung` (or `components` with one backend/precision) once; seconds and cache counts."""
     from torch._dynamo.utils import counters
 
-    from bench.cli import resolve
+    from bench.environment import resolve
     from reference.checkpoints import load_models
 
     if cache_dir is not None:

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPORT = "ceilings-uvit.md"  # under reports/, where the speed-up report links it from the U-ViT row
 CALLS, REPEAT = 20, 15
 PEAK_N = 8192  # the dense fp16 matmul every report divides by: PEAK_N^3 on random data
 # FlashAttention-3 (Shah et al. 2024, arXiv:2407.08608), forward, head dim 64, no causal mask, H100 80GB SXM5, as read

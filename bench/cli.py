@@ -16,26 +16,18 @@ from pathlib import Path
 import torch
 
 from bench import ladder
-from bench.ceilings import REPORT
+from bench.environment import resolve
 from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
 from engines.components import COMPONENTS
 from engines.sampler import build_sampler, sampler_inputs
 from reference.checkpoints import load_models
-from reference.configs import SIZES, ModelConfig
+from reference.configs import SIZES
 from reference.images import check_free, write_images
 from reference.pipeline import NOISE_ORDERS, Pipeline
 from reference.prompts import Prompt, default_prompts_path, read_prompts
+from reports.speedup import CEILINGS
 
 REFERENCE = "reference"  # the fp32 reference pipeline itself, not an engine
-
-
-def resolve(size: str, device: str) -> tuple[ModelConfig, torch.device]:
-    """`auto`: the full size on a GPU, the tiny one (same architecture) on a CPU."""
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
-    name = ("full" if dev.type == "cuda" else "tiny") if size == "auto" else size
-    return ModelConfig.from_name(name), dev
 
 
 def make_pipeline(
@@ -340,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
         "ceilings", help="the fastest linears and attention at the U-ViT step's shapes (markdown report)"
     )
     c.add_argument("--size", default="full", choices=list(SIZES), help="Default: %(default)r")
-    c.add_argument("--out", type=Path, default=Path("reports") / REPORT, help="Default: %(default)s")
+    c.add_argument("--out", type=Path, default=Path("reports") / CEILINGS, help="Default: %(default)s")
     c.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     return p
 

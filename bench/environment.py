@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from reference.configs import ModelConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,3 +55,12 @@ def environment(*, weights: str, size: str) -> dict[str, str]:
         "size": size,
         "weights": weights,
     }
+
+
+def resolve(size: str, device: str) -> tuple[ModelConfig, torch.device]:
+    """`auto`: the full size on a GPU, the tiny one (same architecture) on a CPU."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
+    name = ("full" if dev.type == "cuda" else "tiny") if size == "auto" else size
+    return ModelConfig.from_name(name), dev

@@ -5,8 +5,8 @@ graphs capture its launches. Three steps, no host synchronisation:
   1. `_partial_stats`: one program per (sample, group, chunk of pixels) writes the chunk's mean and M2 (fp32);
   2. `_merge_stats`: one program per group merges its chunks' statistics in fp32 (Chan's parallel formula);
   3. `_normalize`: the same tiling applies (x - mean) * rstd * weight + bias, then SiLU if asked.
-`merge_cells` merges per-channel statistics of cells into groups (engines.fused.SplitGroupNorm's second stage);
-plugin.groupstats splits a GroupNorm differently, for channels_last tensors.
+`_merge_cells` merges per-channel statistics of cells into groups for plugin.groupstats, which splits a GroupNorm
+differently, for channels_last tensors.
 Each group holds C/G channels (4 to 16 in the SD decoder) times H*W pixels, up to a million elements at 512x512, so
 splitting groups into chunks is what fills the GPU: a program per group would leave most SMs idle.
 Imports nothing of the project.
@@ -18,8 +18,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor, nn
-
-from plugin import check_device
 
 TILE = 4096  # elements per program: (channels of a group, padded to a power of two) x pixels
 
@@ -151,33 +149,6 @@ def group_norm_into(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, num_grou
 @group_norm.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float, silu: bool) -> Tensor:
     return torch.empty_like(x)
-
-
-@torch.library.custom_op("unidiffuser::merge_cells", mutates_args=())
-def merge_cells(mean: Tensor, var: Tensor, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Per-channel statistics of K equal-sized cells, (N, K, C) fp32 each -> each group's mean and 1/std, (N, G) fp32:
-    the second stage of engines.fused.SplitGroupNorm on the GPU, one launch where Inductor made three."""
-    if mean.shape != var.shape or mean.dim() != 3 or mean.dtype != torch.float32 or var.dtype != torch.float32:
-        raise ValueError(f"merge_cells expects two fp32 (N, K, C) tensors; got {mean.dtype} {tuple(mean.shape)} and "
-                         f"{var.dtype} {tuple(var.shape)}")  # fmt: skip
-    N, K, C = mean.shape
-    if C % num_groups:
-        raise ValueError(f"{C} channels do not split into {num_groups} groups")
-    check_device(mean, "merge_cells")
-    G, CG = num_groups, C // num_groups
-    group_mean = torch.empty(N, G, device=mean.device, dtype=torch.float32)
-    rstd = torch.empty_like(group_mean)
-    mean, var = mean.contiguous(), var.contiguous()
-    K_PAD, CG_PAD = triton.next_power_of_2(K), triton.next_power_of_2(CG)
-    warps = 8 if K_PAD * CG_PAD > 2048 else 4
-    _merge_cells[(N * G,)](mean, var, group_mean, rstd, K, C, G, CG, eps, K_PAD, CG_PAD, num_warps=warps)
-    return group_mean, rstd
-
-
-@merge_cells.register_fake
-def _(mean: Tensor, var: Tensor, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
-    shape = (mean.shape[0], num_groups)
-    return mean.new_empty(shape), mean.new_empty(shape)
 
 
 class TritonGroupNorm(nn.GroupNorm):

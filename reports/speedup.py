@@ -16,6 +16,7 @@ from engines.recipes import BASELINE, LADDER
 from engines.spec import COMPONENTS
 from reports.common import check_writable, env_header
 
+CEILINGS = "ceilings-uvit.md"  # `python -m bench ceilings`, beside this report: linked from the U-ViT row
 ROWS = {"clip": "clip + encode_prefix", "uvit": "uvit (one guided step)", "decoder": "decoder", "pipeline": "pipeline"}
 SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, ms
     "clip": (6.996, 6.936, 1.631),
@@ -323,15 +324,12 @@ def environment_of(machine: dict) -> dict:
 
 def write_report(paths: list[Path], out: Path, *, overwrite: bool = False, quality: Path | None = None) -> Path:
     """`quality`: `python -m bench quality`'s JSON over the rungs' images, for the verdict beside each column."""
-    import json
+    from reports.profiles import index
 
     df, machine = load_runs(paths)
     judged = json.loads(Path(quality).read_text()) if quality is not None else None
-    from bench.ceilings import REPORT
-    from reports.profiles import index
-
     out = check_writable(out, overwrite=overwrite)
-    also = {"uvit": REPORT} if (out.parent / REPORT).exists() else {}
+    also = {"uvit": CEILINGS} if (out.parent / CEILINGS).exists() else {}
     env = environment_of(machine)
     if judged is not None:
         qenv = judged.get("env", {})

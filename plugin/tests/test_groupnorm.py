@@ -91,33 +91,5 @@ def test_works_inside_torch_compile_and_cuda_graphs():
     torch.testing.assert_close(out, tg(x * -1), rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize(
-    "n, k, c, groups",
-    [(1, 512, 128, 32), (2, 5, 96, 32), (1, 3, 32, 32), (1, 128, 512, 32), (1, 8, 32, 32), (1, 1, 32, 32)],
-)
-def test_merge_cells_gives_the_group_statistics(kernel_device, n, k, c, groups):
-    from plugin.groupnorm import merge_cells
-
-    g = torch.Generator().manual_seed(k * c)
-    x = torch.randn(n, k, 16, c, generator=g, dtype=torch.float64) * (0.05 + torch.rand(c, generator=g)) + 3
-    var, mean = (t.float().to(kernel_device) for t in torch.var_mean(x, dim=2, correction=0))  # (n, k, c) cells
-    group_mean, rstd = merge_cells(mean, var, groups, 1e-6)
-    groups_of = x.reshape(n, k * 16, groups, c // groups).transpose(1, 2).reshape(n, groups, -1)
-    want_var, want_mean = torch.var_mean(groups_of, dim=-1, correction=0)
-    assert group_mean.shape == rstd.shape == (n, groups) and group_mean.dtype == torch.float32
-    torch.testing.assert_close(group_mean.cpu().double(), want_mean, rtol=1e-6, atol=0)
-    torch.testing.assert_close(rstd.cpu().double(), torch.rsqrt(want_var + 1e-6), rtol=1e-5, atol=0)
-
-
-def test_merge_cells_names_bad_input(kernel_device):
-    from plugin.groupnorm import merge_cells
-
-    cells = torch.zeros(1, 4, 64, device=kernel_device)
-    with pytest.raises(ValueError, match="fp32"):
-        merge_cells(cells.half(), cells.half(), 32, 1e-6)
-    with pytest.raises(ValueError, match="do not split into 32 groups"):
-        merge_cells(cells[..., :48], cells[..., :48], 32, 1e-6)
-
-
 def test_kernels_through_the_interpreter():
     rerun_under_interpreter(__file__)
