@@ -24,6 +24,11 @@ def test_the_fast_fp8_recipe_is_typed():
     uvit = next(r for r in LADDER if r.name == "fast-fp8").builds["uvit"]
     assert uvit.options.fp8 == Fp8Options("row", "fast", "triton", "tanh", "triton")
     assert uvit.settings.persistent_rows == 8192 and uvit.options.attention == "triton"
+    # options sorted by name, as every committed result names this engine
+    assert uvit.id == (
+        "uvit/inductor/fp8/graph+attention=triton,fp8_accumulate=fast,fp8_gelu=tanh,fp8_layernorm=triton,"
+        "fp8_quantize=triton,fp8_scaling=row,persistent_rows=8192"
+    )
 
 
 @pytest.mark.parametrize(
