@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from engines import spec
-from engines.components import COMPONENTS, DecodeToImage, Marked, check_component, check_marks, component_module
+from engines.components import COMPONENTS, DecodeToImage, Marked, check_marks, component_module
 from engines.spec import EngineSpec, SpecError
 from reference.checkpoints import Models
 
@@ -185,7 +185,6 @@ def build_engine(
     """
     from engines.components import example_inputs
 
-    check_component(component)
     extras = (("uint8", "1"),) * postprocess + ((("fault", fault.label),) if fault else ())
     spec = EngineSpec.of(component, check_backend(backend), precision, cuda_graph, extras, **options)
     guidance = getattr(spec.options, "guidance", "batched")

@@ -12,8 +12,7 @@ Imports no torch: the reports read engine ids and recipes through it.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 COMPONENTS = ("clip", "uvit", "decoder")
@@ -209,7 +208,7 @@ class EngineSpec:
     cuda_graph: bool = False
     options: ClipOptions | UViTOptions | DecoderOptions | None = None  # None: the component's defaults
     settings: EagerSettings | InductorSettings | OrtSettings | TrtSettings | TrtllmSettings | None = None
-    extras: tuple[tuple[str, str], ...] = field(default=(), compare=True)  # named, not built: uint8=1, fault=...
+    extras: tuple[tuple[str, str], ...] = ()  # named, not built: uint8=1, fault=...
 
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:
@@ -286,9 +285,6 @@ class EngineSpec:
         options = {k: v for k, v in pairs if k not in EXTRAS}
         extras = tuple((k, v) for k, v in pairs if k in EXTRAS)
         return cls.of(parts[0], parts[1], parts[2], len(parts) == 4, extras, **options)
-
-    def replace(self, **changes: object) -> EngineSpec:
-        return dataclasses.replace(self, **changes)
 
 
 def _check_exported(backend: str, given: dict[str, object]) -> None:
