@@ -97,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "(pytest-benchmark refuses xdist by default: workers sharing a device disturb each other). "
                      "Default: %(default)r")  # fmt: skip
     g.addoption("--bench-images", metavar="DIR", default=Path("results/images"), type=Path,
-                help="where the pipeline benchmarks save their images, a folder per ladder rung. "
+                help="where the pipeline benchmarks save their images, a folder per recipe. "
                      "Default: %(default)r")  # fmt: skip
 
 

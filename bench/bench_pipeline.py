@@ -1,4 +1,4 @@
-"""`pytest bench --benchmark-only`: the whole pipeline (clip, 50 guided steps, decoder, uint8) per ladder rung.
+"""`pytest bench --benchmark-only`: the whole pipeline (clip, 50 guided steps, decoder, uint8) per recipe.
 
 pytest-benchmark times each image with a synchronising clock (the wall time); CUDA events around every stage give
 the GPU time of clip, the 50 U-ViT steps and the decoder beside it, and NVTX ranges label them for Nsight Systems.
@@ -16,7 +16,7 @@ import pytest
 
 from bench.clocks import ClockSampler
 from bench.flops import pipeline_flops
-from bench.ladder import LADDER, rung_engines
+from bench.ladder import LADDER, recipe_engines
 from bench.ladder import stages as pipeline_stages
 from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
 from reference.images import save_result
@@ -57,11 +57,11 @@ def _has_prompts() -> bool:
 
 
 @pytest.mark.benchmark(timer=cuda_clock, group="pipeline", disable_gc=True)
-@pytest.mark.parametrize("rung", LADDER, ids=[r.name for r in LADDER])
-def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestconfig):
-    engines = rung_engines(rung, engine_for)  # under rung.loop, the U-ViT stage is the whole solver loop
+@pytest.mark.parametrize("recipe", LADDER, ids=[r.name for r in LADDER])
+def test_pipeline(benchmark, recipe, engine_for, models, device, rounds, pytestconfig):
+    engines = recipe_engines(recipe, engine_for)  # under recipe.loop, the U-ViT stage is the whole solver loop
     stages = {c: Events(e.output, device=device, label=f"{c} {e.name}") for c, e in engines.items()}
-    pipe = Pipeline(models, device, **pipeline_stages(rung, stages))
+    pipe = Pipeline(models, device, **pipeline_stages(recipe, stages))
     asked = pytestconfig.getoption("--bench-warmup")  # the seed protocol warms up on 5 images unless told otherwise
     prompts, warmup, timed = image_plan(
         pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"],
@@ -84,17 +84,17 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
 
     warmup = 0 if benchmark.disabled else warmup  # disabled: one untimed call, nothing skipped
     calls = pipe.plan.calls
-    per_call = 1 if rung.loop else calls  # U-ViT stage events per image
+    per_call = 1 if recipe.loop else calls  # U-ViT stage events per image
     per_image = {
         "clip_ms": stages["clip"].ms(skip=warmup),
         "decoder_ms": stages["decoder"].ms(skip=warmup),
         "uvit_ms": [sum(chunk) for chunk in _chunks(stages["uvit"].ms(skip=warmup * per_call), per_call)],
     }
     # inside a whole-loop graph a step is not timed on its own: its time is the loop's over the number of calls
-    step_ms = [ms / calls for ms in per_image["uvit_ms"]] if rung.loop else stages["uvit"].ms(skip=warmup * calls)
+    step_ms = [ms / calls for ms in per_image["uvit_ms"]] if recipe.loop else stages["uvit"].ms(skip=warmup * calls)
     wall_s = float("nan") if benchmark.disabled else benchmark.stats.stats.median
     benchmark.extra_info.update(
-        rung=rung.name, label=rung.label, size=models.config.name, device=str(device), weights=models.weights,
+        recipe=recipe.name, label=recipe.label, size=models.config.name, device=str(device), weights=models.weights,
         images=timed, warmup_images=warmup, protocol=pytestconfig.getoption("--bench-protocol"),
         **{k: statistics.median(v) for k, v in per_image.items()},
         step_p50_ms=summary_ms(step_ms)["p50_ms"], step_p90_ms=summary_ms(step_ms)["p90_ms"],
@@ -103,10 +103,10 @@ def test_pipeline(benchmark, rung, engine_for, models, device, rounds, pytestcon
         build_seconds={c: e.seconds for c, e in engines.items()},
         noise_order=pipe.noise_order, rounding=pipe.rounding, **clocks.summary(),
     )  # fmt: skip
-    _save(pytestconfig.getoption("--bench-images") / rung.name, results[warmup:], benchmark.extra_info)
+    _save(pytestconfig.getoption("--bench-images") / recipe.name, results[warmup:], benchmark.extra_info)
     last = results[-1][1]
     assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
-    assert last.latents.isfinite().all(), f"{rung.name}: non-finite latents"
+    assert last.latents.isfinite().all(), f"{recipe.name}: non-finite latents"
 
 
 def _chunks(values: list[float], n: int) -> list[list[float]]:

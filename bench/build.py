@@ -1,6 +1,6 @@
-"""Build seconds of a rung's engines in one process, and whether torch's compile caches served them.
+"""Build seconds of a recipe's engines in one process, and whether torch's compile caches served them.
 
-    python -m bench build --rung fast --cache-dir results/torch-cache --json results/build.json
+    python -m bench build --recipe fast --cache-dir results/torch-cache --json results/build.json
 
 Run it twice with the same `--cache-dir`: the first run is a fresh machine (an empty cache), the second has warm
 caches. Inductor keeps compiled graphs (FX graph cache), AOTAutograd artifacts and Triton binaries under
@@ -81,7 +81,7 @@ def cache_counts() -> dict[str, int]:
 
 def build_times(
     *,
-    rung: str | None = None,
+    recipe: str | None = None,
     backend: str = "inductor",
     precision: str = "fp16",
     cuda_graph: bool = False,
@@ -92,7 +92,7 @@ def build_times(
     weights_seed: int = 0,
     cache_dir: Path | None = None,
 ) -> dict:
-    """Build every engine of `rung` (or `components` with one backend/precision) once; seconds and cache counts."""
+    """Build every engine of `recipe` (or `components` with one backend/precision) once; seconds and cache counts."""
     from torch._dynamo.utils import counters
 
     from bench.environment import resolve
@@ -100,8 +100,8 @@ def build_times(
 
     if cache_dir is not None:
         use_cache_dir(cache_dir)
-    if rung is not None:
-        chosen = ladder.recipe(rung)
+    if recipe is not None:
+        chosen = ladder.recipe(recipe)
     else:
         unknown = sorted(set(components) - set(COMPONENTS))
         if unknown:
@@ -125,12 +125,12 @@ def build_times(
         return engine
 
     t0 = time.perf_counter()
-    ladder.rung_engines(chosen, get)
+    ladder.recipe_engines(chosen, get)
     bar.close()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return {
-        "rung": rung or "-",
+        "recipe": recipe or "-",
         "size": cfg.name,
         "device": str(dev),
         "weights": models.weights,

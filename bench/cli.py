@@ -41,19 +41,19 @@ def make_pipeline(
     cuda_graph: bool = False,
     noise_order: str = "seed",
     rounding: str = "truncate",
-    rung: str | None = None,
+    recipe: str | None = None,
 ) -> tuple[Pipeline, dict]:
     """The reference pipeline, or one whose clip, U-ViT step and decoder are engines of `backend`, or the engines of
-    a ladder rung (bench.ladder: e.g. `fast`)."""
+    a recipe (bench.ladder: e.g. `fast`)."""
     cfg, dev = resolve(size, device)
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
     meta = {"size": cfg.name, "device": str(dev), "weights": models.weights, "backend": backend, "precision": precision}
-    if rung is not None:
+    if recipe is not None:
         if backend != REFERENCE or precision != "fp32" or cuda_graph:
-            raise ValueError("--rung chooses every engine itself; leave --backend, --precision and --cuda-graph out")
-        chosen = ladder.recipe(rung)
-        engines = ladder.rung_engines(chosen, lambda c, b: ladder.build(c, b, models))
-        meta.update(backend=f"rung {rung}", precision="mixed", engines={c: e.name for c, e in engines.items()})
+            raise ValueError("--recipe chooses every engine itself; leave --backend, --precision and --cuda-graph out")
+        chosen = ladder.recipe(recipe)
+        engines = ladder.recipe_engines(chosen, lambda c, b: ladder.build(c, b, models))
+        meta.update(backend=f"recipe {recipe}", precision="mixed", engines={c: e.name for c, e in engines.items()})
         meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
         stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
         return Pipeline(models, dev, noise_order=noise_order, rounding=rounding, **stages), meta
@@ -96,7 +96,7 @@ def generate(
     """One image, timed: `warmup` untimed runs, then the median of `repeat` synchronised wall times."""
     cfg, _ = resolve(pipeline_options.get("size", "auto"), pipeline_options.get("device", "auto"))
     o = pipeline_options
-    what = f"rung-{o['rung']}" if o.get("rung") else f"{o.get('backend', REFERENCE)}-{o.get('precision', 'fp32')}"
+    what = f"recipe-{o['recipe']}" if o.get("recipe") else f"{o.get('backend', REFERENCE)}-{o.get('precision', 'fp32')}"
     folder = Path(out) / f"{cfg.name}-{what}"
     check_free(folder, [Prompt(0, seed, prompt)], overwrite=overwrite)
     pipe, meta = make_pipeline(**pipeline_options)
@@ -171,11 +171,11 @@ def _machine(env: dict) -> str:
 
 
 def build_times(*, out: Path | None = None, overwrite: bool = False, **kwargs) -> dict:
-    """`python -m bench build`: the engines of --rung, or of --backend/--precision/--cuda-graph for --components."""
+    """`python -m bench build`: the engines of --recipe, or of --backend/--precision/--cuda-graph for --components."""
     from bench.build import write_build_times
 
-    if kwargs.get("rung") is None and kwargs.get("backend") == REFERENCE:
-        raise ValueError("the reference is not built; pick --rung or an engine --backend")
+    if kwargs.get("recipe") is None and kwargs.get("backend") == REFERENCE:
+        raise ValueError("the reference is not built; pick --recipe or an engine --backend")
     return write_build_times(out, overwrite=overwrite, **kwargs)
 
 
@@ -194,8 +194,9 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 def profile_engine(
     *,
     component: str,
-    backend: str = "eager",
-    precision: str = "fp16",
+    recipe: str | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
     cuda_graph: bool = False,
     option: list[str] = (),
     size: str = "auto",
@@ -205,7 +206,8 @@ def profile_engine(
     out: Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Kernel-time breakdown of one engine (bench.profile) -> markdown under reports/ (or `out`)."""
+    """Kernel-time breakdown of one engine (bench.profile) -> markdown under reports/ (or `out`): `recipe`'s engine
+    for `component` (its whole solver loop for "sampler"), or the one `backend`, `precision` and `option` give."""
     from bench.environment import environment
     from bench.flops import component_flops
     from bench.profile import copy_bandwidth, profile, to_markdown, triton_bytes
@@ -213,11 +215,18 @@ def profile_engine(
     from reports.common import check_writable
 
     options = parse_options(list(option))
+    if recipe is not None:
+        if options or cuda_graph or backend or precision:
+            raise ValueError("--recipe chooses the engine itself; leave --backend, --precision, --cuda-graph and "
+                             "--option out")  # fmt: skip
+        spec = ladder.recipe(recipe).builds["uvit" if component == "sampler" else component]
+        kw, options = spec.kwargs(), spec.flat()
+    else:
+        kw = dict(backend=backend or "eager", precision=precision or "fp16", cuda_graph=cuda_graph, **options)
     if not torch.cuda.is_available():
         raise ValueError("profiling times CUDA kernels; torch sees no CUDA device")
     cfg, dev = resolve(size, "cuda")
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
-    kw = dict(backend=backend, precision=precision, cuda_graph=cuda_graph, **options)
     import torch._inductor.config as inductor_config  # the compiler stack: imported only where it is used
 
     with inductor_config.patch(benchmark_kernel=True):  # Triton kernels keep their byte counts
@@ -274,7 +283,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--cuda-graph", action="store_true", help="capture each engine in a CUDA graph. Default: off")
     common.add_argument(
-        "--rung",
+        "--recipe",
         default=None,
         choices=[r.name for r in ladder.LADDER],
         help="every engine from this column of the speed-up table instead of --backend/--precision. Default: none",
@@ -310,16 +319,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")
-    b = sub.add_parser("build", parents=[common], help="build seconds of a rung's engines (bench/build.py)")
-    b.add_argument("--components", nargs="+", default=list(COMPONENTS), help="without --rung. Default: all")
+    b = sub.add_parser("build", parents=[common], help="build seconds of a recipe's engines (bench/build.py)")
+    b.add_argument("--components", nargs="+", default=list(COMPONENTS), help="without --recipe. Default: all")
     b.add_argument(
         "--cache-dir", type=Path, default=None, help="Inductor's and Triton's caches. Default: torch's (/tmp)"
     )
     b.add_argument("--json", dest="out", type=Path, default=None, help="write the result here. Default: print only")
     f = sub.add_parser("profile", help="kernel-time breakdown of one engine on the GPU (markdown report)")
     f.add_argument("--component", required=True, choices=["clip", "uvit", "decoder", "sampler"])
-    f.add_argument("--backend", default="eager", metavar="NAME", help="engine backend. Default: %(default)r")
-    f.add_argument("--precision", default="fp16", choices=list(PRECISIONS), help="Default: %(default)r")
+    f.add_argument("--recipe", default=None, choices=[r.name for r in ladder.LADDER],
+                   help="profile this recipe's engine for --component. Default: none")  # fmt: skip
+    f.add_argument("--backend", default=None, metavar="NAME", help="engine backend. Default: 'eager'")
+    f.add_argument("--precision", default=None, choices=list(PRECISIONS), help="Default: 'fp16'")
     f.add_argument("--cuda-graph", action="store_true", help="capture in a CUDA graph (sampler: the whole loop)")
     f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="engine option, repeatable")
     f.add_argument("--size", default="auto", choices=["auto", *SIZES], help="Default: %(default)r")

@@ -20,9 +20,9 @@ def _cases(config: pytest.Config) -> list[tuple[str, EngineSpec]]:
     which = config.getoption("--bench-set")
     cases: dict[tuple[str, EngineSpec], None] = {}
     if which in ("all", "ladder"):
-        for rung in LADDER:
+        for recipe in LADDER:
             for c in COMPONENTS:
-                cases[(c, rung.builds[c])] = None
+                cases[(c, recipe.builds[c])] = None
     if which in ("all", "matrix"):
         for s in matrix(config).specs():
             cases[(s.component, s)] = None
@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = item.callspec.params if hasattr(item, "callspec") else {}
         builds = [params["bench_case"]] if "bench_case" in params else []
-        builds += list(params["rung"].builds.items()) if "rung" in params else []
+        builds += list(params["recipe"].builds.items()) if "recipe" in params else []
         for _, b in builds:
             why = unavailable(b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph)
             if not why and device.type == "cpu" and b.precision in CPU_EMULATED:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from engines.recipes import BASELINE, LADDER, Recipe, recipe
 from engines.spec import EngineSpec
 
-__all__ = ["BASELINE", "LADDER", "Recipe", "build", "recipe", "rung_engines", "stages"]
+__all__ = ["BASELINE", "LADDER", "Recipe", "build", "recipe", "recipe_engines", "stages"]
 
 
 def build(component: str, spec: EngineSpec, models) -> object:
@@ -20,18 +20,18 @@ def build(component: str, spec: EngineSpec, models) -> object:
     return build_engine(component, models, **spec.kwargs())
 
 
-def rung_engines(rung: Recipe, get: Callable[[str, EngineSpec], object]) -> dict[str, object]:
+def recipe_engines(recipe: Recipe, get: Callable[[str, EngineSpec], object]) -> dict[str, object]:
     """The engines of a pipeline of this recipe, from `get(component, spec)`; under `loop`, "uvit" is the sampler."""
-    engines = {c: get(c, b) for c, b in rung.builds.items() if not (rung.loop and c == "uvit")}
-    if rung.loop:
-        engines["uvit"] = get("sampler", rung.builds["uvit"])
+    engines = {c: get(c, b) for c, b in recipe.builds.items() if not (recipe.loop and c == "uvit")}
+    if recipe.loop:
+        engines["uvit"] = get("sampler", recipe.builds["uvit"])
     return engines
 
 
-def stages(rung: Recipe, engines: dict[str, Callable]) -> dict[str, Callable]:
+def stages(recipe: Recipe, engines: dict[str, Callable]) -> dict[str, Callable]:
     """Pipeline keyword arguments for these engines (or wrappers of them)."""
     return {
         "clip": engines["clip"],
         "decoder": engines["decoder"],
-        ("sampler" if rung.loop else "step"): engines["uvit"],
+        ("sampler" if recipe.loop else "step"): engines["uvit"],
     }

@@ -73,7 +73,7 @@ def prepare(
     opts.pop("guidance")  # it chose the module (engines.components)
     fp8_options = {name: opts.pop(name) for name in fp8.OPTIONS}
     module = marked if backend == "autocast" else cast(marked, precision)
-    fused.apply(module, mlp=opts["mlp"], qkv=opts["qkv"], upsample=opts["upsample"], conv_out=opts["conv_out"])
+    fused.apply(module, opts)
     set_attention(module, opts["attention"])
     if precision == "fp8":
         opts.update(fp8_options, fp8_linears=fp8.swap_linears(module, **fp8_options))

@@ -18,7 +18,7 @@ tolerance rule (reference/tolerances.py). Engine options:
                             into the LayerNorm or the concatenation that makes them. `torch` (the default): all torch.
     fp8_gelu=tanh           (with fp8_quantize=triton) the GELU folded into fc2's quantisation in its tanh form, with
                             the GPU's approximate tanh instruction, instead of erf (the default): the form the fp16
-                            rung's cuBLASLt epilogue computes (mlp=epilogue).
+                            recipe's cuBLASLt epilogue computes (mlp=epilogue).
     fp8_layernorm=triton    (with fp8_quantize=triton) each block LayerNorm, with the residual add before it, in one
                             launch of our kernel (plugin.fp8.add_layernorm_quantize) that also quantises its output for
                             the FP8 linear after it: fc1's, the next block's qkv, or the next out-block's skip_linear,

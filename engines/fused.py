@@ -19,6 +19,8 @@ residual blocks around them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -257,11 +259,13 @@ class StackedQKVAttention(nn.Module):
         return self.out_proj(o.transpose(1, 2).reshape(B, L, C)), None
 
 
-def apply(module: nn.Module, *, mlp: str, qkv: str, upsample: str, conv_out: str) -> nn.Module:
-    """Swap in the fused layers asked for (after the attention kind is set: the CLIP swap reads it; after the cast:
-    the upsampling folds its weights in their final dtype)."""
+def apply(module: nn.Module, options: Mapping[str, object]) -> nn.Module:
+    """Swap in the fused layers `options` (an engine spec's, flat, with its defaults: engines.spec.defaults) ask for;
+    after the attention kind is set (the CLIP swap reads it) and after the cast (the upsampling folds its weights in
+    their final dtype)."""
     from transformers.models.clip.modeling_clip import CLIPAttention
 
+    mlp, qkv, upsample, conv_out = (options[k] for k in ("mlp", "qkv", "upsample", "conv_out"))
     for m in module.modules():
         if mlp == "epilogue" and type(m) is uv.Mlp:
             m.__class__ = EpilogueMlp  # same parameters and hooks, another forward

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 DTYPES = {
     "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16, "fp64": torch.float64
 }  # fmt: skip
-BACKEND_MODULES = ("eager", "inductor", "onnx", "trt", "trtllm")  # imported on first use of the registry
+BACKEND_MODULES = ("eager", "inductor", "ort", "trt", "trtllm")  # imported on first use of the registry
 
 
 class BackendUnavailable(RuntimeError):

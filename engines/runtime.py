@@ -148,10 +148,3 @@ def swap_children(module: nn.Module, kind: type | tuple[type, ...], make: Callab
                 setattr(parent, name, new)
                 swapped += 1
     return swapped
-
-
-def take_options(options: dict, allowed: dict[str, object], *, backend: str) -> dict[str, object]:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for backend {backend!r}; it accepts {sorted(allowed)}")
-    return {k: options.get(k, default) for k, default in allowed.items()}

@@ -1,4 +1,4 @@
-"""TensorRT 10: the component's ONNX graph (engines.onnx, marks as graph outputs) parsed and built by TensorRT.
+"""TensorRT 10: the component's ONNX graph (engines.ort, marks as graph outputs) parsed and built by TensorRT.
 
 Written against the TensorRT 10.13 Python API (Builder, OnnxParser, IBuilderConfig, Runtime, ICudaEngine's named I/O
 tensors, IExecutionContext.execute_async_v3); TensorRT cannot be installed on our machines, so this engine is not
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from engines import BackendUnavailable, register_engine, register_limits
-from engines.runtime import check_inputs, finish, take_options
+from engines.runtime import check_inputs, finish
+from engines.spec import defaults
 
 
 @register_limits("trt")
@@ -67,9 +68,9 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
 
     from engines.eager import EXPORTABLE, set_attention
     from engines.faults import inject
-    from engines.onnx import export
+    from engines.ort import export
 
-    opts = take_options(options, {"attention": "math", "workspace_gib": 8, "export_dir": ""}, backend="trt")
+    opts = {**defaults("trt"), **options}  # checked by engines.spec
     # fp32 weights: TensorRT chooses the lower precision itself
     module = set_attention(marked, opts["attention"], EXPORTABLE)
     if fault is not None:

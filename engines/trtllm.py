@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from engines import BackendUnavailable, register_engine, register_limits
-from engines.runtime import check_inputs, finish, take_options
+from engines.runtime import check_inputs, finish
+from engines.spec import defaults
 from reference import autoencoder as ae
 from reference.clip import TextEncoder
 from reference.pipeline import GuidedStep
@@ -92,9 +93,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
 
     from engines import trtllm_net as net
 
-    opts = take_options(options, {"groupnorm": "plugin", "workspace_gib": 8}, backend="trtllm")
-    if opts["groupnorm"] not in ("plugin", "trt"):
-        raise ValueError(f"unknown groupnorm {opts['groupnorm']!r} for trtllm; choose from ['plugin', 'trt']")
+    opts = {**defaults("trtllm"), **options}  # checked by engines.spec
     module, marks = marked.module, marked.marks
     component = component_of(module)
     cfg = marked_config(module)

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("results", type=Path, nargs="+")
     s.add_argument("--out", type=Path, default=Path("reports/speedup.md"), help="Default: %(default)s")
     s.add_argument("--quality", type=Path, default=None, metavar="JSON",
-                   help="`python -m bench quality` over the rungs' images: the image verdict beside each column, and "
-                        "the pipeline target judged on passing rungs only. Default: none")  # fmt: skip
+                   help="`python -m bench quality` over the recipes' images: the image verdict beside each column, and "
+                        "the pipeline target judged on passing recipes only. Default: none")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     q = sub.add_parser("pd", help="results/quality.json from `python -m bench quality` -> markdown + image grids")
     q.add_argument("results", type=Path, nargs=1)

@@ -29,18 +29,22 @@ SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, 
 def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
     """One row per benchmark (merged over files, e.g. xdist workers or split runs; a name seen twice keeps the later
     file's, but a component engine timed in several files, each a build of its own, takes the median of their p50s:
-    `rebuilds`); machine info of the first."""
+    `rebuilds`); machine info of the first. Files are taken in the order of their dates, then names, whatever the
+    order given: the same files give the same report."""
     if not paths:
         raise ValueError("no benchmark JSON files given")
+    loaded = [(Path(path), json.loads(Path(path).read_text())) for path in paths]
+    when = {p: str(environment_of(d.get("machine_info", {})).get("date", "")) for p, d in loaded}
     rows, machine, runs = [], None, []
-    for path in paths:
-        data = json.loads(Path(path).read_text())
+    for path, data in sorted(loaded, key=lambda item: (when[item[0]], item[0].name, str(item[0]))):
         machine = machine or data.get("machine_info", {})
         env = environment_of(data.get("machine_info", {}))
         runs.append({"file": Path(path).name, **{k: env.get(k, "-") for k in ("date", "commit", "gpu")},
                      "benchmarks": len(data["benchmarks"])})  # fmt: skip
         for b in data["benchmarks"]:
             info = dict(b.get("extra_info", {}))
+            if "rung" in info:  # files written before recipes had their name
+                info["recipe"] = info.pop("rung")
             if "engine" in info:  # a component's case is its engine id (engines.spec), as old files' names show it
                 info["case"] = info["engine"]
             row = {"name": b["name"], "group": b.get("group"), "wall_median_ms": b["stats"]["median"] * 1e3, **info}
@@ -86,12 +90,12 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     """Rows clip/uvit/decoder/pipeline x ladder columns (ms, CUDA-event medians; the pipeline's is the synchronised
     wall time per image), plus the fastest measured configuration of each row."""
     by_case = _component_ms(df)
-    pipes = df[df["group"] == "pipeline"].set_index("rung") if "rung" in df else pd.DataFrame()
+    pipes = df[df["group"] == "pipeline"].set_index("recipe") if "recipe" in df else pd.DataFrame()
     table = {}
-    for rung in LADDER:
-        col = {c: by_case.get(b.id, float("nan")) for c, b in rung.builds.items()}
-        col["pipeline"] = pipes["wall_p50_ms"].get(rung.name, float("nan")) if len(pipes) else float("nan")
-        table[rung.label] = col
+    for recipe in LADDER:
+        col = {c: by_case.get(b.id, float("nan")) for c, b in recipe.builds.items()}
+        col["pipeline"] = pipes["wall_p50_ms"].get(recipe.name, float("nan")) if len(pipes) else float("nan")
+        table[recipe.name] = col
     out = pd.DataFrame(table).reindex(list(ROWS))
     best, best_name = {}, {}
     comp = df[df["group"].isin(COMPONENTS)]
@@ -108,7 +112,7 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def speedups(table: pd.DataFrame) -> pd.DataFrame:
-    base = table[next(r.label for r in LADDER if r.name == BASELINE)]
+    base = table[BASELINE]
     numeric = table.drop(columns=["best configuration"])
     return numeric.rdiv(1.0).mul(base, axis=0)
 
@@ -138,8 +142,8 @@ def anchor(heading: str) -> str:
 
 
 def image_verdicts(quality: dict | None) -> dict[str, str]:
-    """Ladder rung name -> its image verdict (`python -m bench quality` over the rung's images, in a folder named
-    after the rung); the reference is what the others are judged against."""
+    """Recipe name -> its image verdict (`python -m bench quality` over the recipe's images, in a folder named
+    after the recipe); the reference is what the others are judged against."""
     found = {Path(c["candidate"]).name: c.get("verdict", "-") for c in (quality or {}).get("comparisons", [])}
     return {r.name: "reference" if r.name == LADDER[0].name else found.get(r.name, "not judged") for r in LADDER}
 
@@ -149,19 +153,17 @@ def against_targets(
 ) -> pd.DataFrame:
     """Best against target per row, with the profile report of the best configuration where one exists
     (reports.profiles.index of the report's folder), and `also` a further report by row (the U-ViT's ceilings).
-    With `verdicts` (image_verdicts), the pipeline row's best is the fastest rung whose images pass: a speed target
+    With `verdicts` (image_verdicts), the pipeline row's best is the fastest recipe whose images pass: a speed target
     counts only for a recipe that passes."""
     from reports.profiles import engine_id
 
     table = table.copy()
     if verdicts is not None:
-        passing = [r.label for r in LADDER if verdicts.get(r.name) in ("pass", "reference")]
+        passing = [r.name for r in LADDER if verdicts.get(r.name) in ("pass", "reference")]
         times = table.loc["pipeline", passing].astype(float).dropna() if passing else pd.Series(dtype=float)
-        best_rung = times.idxmin() if len(times) else None
+        best = times.idxmin() if len(times) else None
         table.loc["pipeline", "best measured"] = times.min() if len(times) else float("nan")
-        table.loc["pipeline", "best configuration"] = (
-            next(r.name for r in LADDER if r.label == best_rung) if best_rung else "no rung passes its image verdict"
-        )
+        table.loc["pipeline", "best configuration"] = best or "no recipe passes its image verdict"
     best = table["best measured"].astype(float)
     target = pd.Series(TARGETS)
     out = pd.DataFrame({"best ms": best, "target ms": target, "best / target": best / target})
@@ -173,17 +175,17 @@ def against_targets(
         return f"[{name}]({name})" if name else "-"
 
     out["profile"] = out["configuration"].map(profile)
-    out.loc["pipeline", "profile"] = f"[stages]({anchor(STAGES)}); the U-ViT row's profile"  # a rung, not one engine
+    out.loc["pipeline", "profile"] = f"[stages]({anchor(STAGES)}); the U-ViT row's profile"  # a recipe, not one engine
     for row, name in (also or {}).items():
         out.loc[row, "profile"] += f"; [{name}]({name})"
     return out
 
 
-BUILD_TARGETS = {"fresh": 120.0, "warm": 15.0}  # issue 6: seconds to build every fp16 engine of the fastest rung
+BUILD_TARGETS = {"fresh": 120.0, "warm": 15.0}  # issue 6: seconds to build every fp16 engine of the fastest recipe
 
 
 def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
-    """bench/bench_build.py: a rung's engines built in a new process on an empty compile cache and on a warm one; a
+    """bench/bench_build.py: a recipe's engines built in a new process on an empty compile cache and on a warm one; a
     row per run, labelled with its file where the rows carry one."""
     runs = df[df["group"] == "build"]
     if not len(runs):
@@ -191,7 +193,7 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
     seconds = sorted(c for c in runs if c.endswith("_s") and c not in ("build_s", "model_load_s"))
     seconds = [c for c in seconds if runs[c].notna().any()]
     extra = [c for c in ("python_bytecode",) if c in runs and runs[c].notna().any()]  # recorded by newer runs
-    out = runs.set_index(["rung", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
+    out = runs.set_index(["recipe", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
     out.insert(1, "target_s", [BUILD_TARGETS.get(c, float("nan")) for _, c in out.index])
     out.insert(2, "met", (out["build_s"] <= out["target_s"]).map({True: "yes", False: "no"}))
     files = runs["file"] if "file" in runs else [None] * len(runs)
@@ -230,8 +232,8 @@ def to_markdown(
     sp = speedups(table).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
     sp.index = fmt_ms.index
     verdicts = image_verdicts(quality) if quality is not None else None
-    if verdicts is not None:  # beside every column: the rung's image verdict (reports/pd.md)
-        row = pd.Series({r.label: verdicts[r.name] for r in LADDER})
+    if verdicts is not None:  # beside every column: the recipe's image verdict (reports/pd.md)
+        row = pd.Series({r.name: verdicts[r.name] for r in LADDER})
         fmt_ms.loc["image verdict (pd.md)"] = row.reindex(fmt_ms.columns).fillna("")
         sp.loc["image verdict (pd.md)"] = row.reindex(sp.columns).fillna("")
     eff, peak = efficiency(df, table)
@@ -244,15 +246,17 @@ def to_markdown(
     seed.index = [ROWS[i] for i in seed.index]
     pipes = df[df["group"] == "pipeline"]
     cols = ["protocol", "images", "clip_ms", "uvit_ms", "step_p50_ms", "decoder_ms", "wall_p50_ms", "peak_mib"]
-    stages = pipes.set_index("label")[cols]
+    stages = pipes.set_index("recipe")[cols] if len(pipes) else pd.DataFrame()
     parts = [
         env_header("Speed-up table: UniDiffuser t2i, batch 1", env),
         "Milliseconds. Components: median of CUDA-event times per call after warm-up. Pipeline: median synchronised "
         "wall time per image (clip, 50 guided U-ViT steps, decoder, uint8 image on the host). fp32 engines run strict "
         "IEEE fp32 (TF32 off for matmuls and cuDNN convolutions). Build, compile and capture seconds are recorded in "
         "the benchmark JSON, never in these times.\n",
+        "Columns are the recipes of engines/recipes.py, by the name `--recipe` takes:\n\n"
+        + "".join(f"- `{r.name}`: {r.label}\n" for r in LADDER),
         "## Time (ms)\n\n" + fmt_ms.to_markdown() + "\n",
-        f"## Speed-up against {next(r.label for r in LADDER if r.name == BASELINE)}\n\n" + sp.to_markdown() + "\n",
+        f"## Speed-up against `{BASELINE}`\n\n" + sp.to_markdown() + "\n",
         f"## Efficiency (measured fp16 matmul peak {peak:.0f} TFLOP/s)\n\n"
         "The reference model's FLOPs (bench.flops) over the time: an engine that computes the same function with fewer "
         "(the decoder's `upsample=subpixel`) is credited with the reference's.\n\n" + eff.to_markdown() + "\n",
@@ -284,11 +288,11 @@ def to_markdown(
     caches = build_from_caches(df.attrs.get("builds", df))
     if len(caches):
         parts.append(
-            "## Building the fastest rung: fresh machine and warm caches\n\nEvery engine of the rung built in a new "
-            "process (`python -m bench build`), first with empty Inductor/Triton caches, then on the caches that run "
-            "filled. `build_s` is all engines, model construction excluded; the per-engine columns say where it went "
-            "(a sampler's `step_*` is its U-ViT step). fxgraph hits and misses: the compiled graphs served from the "
-            "cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
+            "## Building the fastest recipe: fresh machine and warm caches\n\nEvery engine of the recipe built in a "
+            "new process (`python -m bench build`), first with empty Inductor/Triton caches, then on the caches that "
+            "run filled. `build_s` is all engines, model construction excluded; the per-engine columns say where it "
+            "went (a sampler's `step_*` is its U-ViT step). fxgraph hits and misses: the compiled graphs served from "
+            "the cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
             "cache folder: a fresh run compiles torch's sources, a warm one reads them; bench/build.py, "
             "`process_env`). Every run given is listed, each with its file: the host's CPU, which differs from "
             "machine to machine, sets much of a build's time.\n\n"
@@ -323,7 +327,7 @@ def environment_of(machine: dict) -> dict:
 
 
 def write_report(paths: list[Path], out: Path, *, overwrite: bool = False, quality: Path | None = None) -> Path:
-    """`quality`: `python -m bench quality`'s JSON over the rungs' images, for the verdict beside each column."""
+    """`quality`: `python -m bench quality`'s JSON over the recipes' images, for the verdict beside each column."""
     from reports.profiles import index
 
     df, machine = load_runs(paths)

@@ -42,12 +42,12 @@ def test_a_second_process_compiles_from_the_cache_the_first_filled(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_the_fast_rung_builds_again_from_its_cache(tmp_path):
-    """The fast rung's U-ViT is compiled with our choice of persistent reductions (engines.reductions), which must be
+def test_the_fast_recipe_builds_again_from_its_cache(tmp_path):
+    """The fast recipe's U-ViT is compiled with our choice of persistent reductions (engines.reductions), which must be
     part of the FX graph cache's key for the second process to be served."""
-    cache, rung = tmp_path / "cache", ["--rung", "fast", "--device", "cuda"]
-    fresh = build(cache, tmp_path / "fresh.json", rung)
+    cache, recipe = tmp_path / "cache", ["--recipe", "fast", "--device", "cuda"]
+    fresh = build(cache, tmp_path / "fresh.json", recipe)
     assert fresh["cache"]["fxgraph_cache_miss"] >= 3
-    warm = build(cache, tmp_path / "warm.json", rung)
+    warm = build(cache, tmp_path / "warm.json", recipe)
     assert warm["cache"]["fxgraph_cache_hit"] >= 3 and warm["cache"]["fxgraph_cache_miss"] == 0
     assert "persistent_rows=2048" in warm["engines"]["sampler"]["engine"]

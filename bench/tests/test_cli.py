@@ -32,9 +32,10 @@ def test_generate_help_lists_the_options(bench):
         (["generate", "--precision", "fp16"], "*the reference pipeline is strict fp32*"),
         (["references", "--out", "x", "--prompts", "/nope.tsv"], "*prompts file /nope.tsv does not exist*"),
         (["quality", "--reference", "a", "--candidates", "b"], "*share no image*"),
-        (["generate", "--rung", "fast", "--backend", "eager"], "*--rung chooses every engine itself*"),
+        (["generate", "--recipe", "fast", "--backend", "eager"], "*--recipe chooses every engine itself*"),
         (["profile", "--component", "uvit", "--option", "sdpa"], "*is not KEY=VALUE*"),
-        (["build"], "*the reference is not built; pick --rung or an engine --backend*"),
+        (["profile", "--component", "uvit", "--recipe", "fast", "--precision", "fp16"], "*--recipe chooses the*"),
+        (["build"], "*the reference is not built; pick --recipe or an engine --backend*"),
         (["build", "--backend", "eager", "--components", "vae"], "*unknown components*'vae'*; choose from*"),
     ],
     ids=[
@@ -43,8 +44,9 @@ def test_generate_help_lists_the_options(bench):
         "reference-fp16",
         "prompts",
         "quality",
-        "rung-and-backend",
+        "recipe-and-backend",
         "profile-option",
+        "profile-recipe-and-precision",
         "build",
         "build-component",
     ],  # fmt: skip
@@ -79,17 +81,17 @@ def test_pytest_help_documents_the_options(pytester):
     result.stdout.fnmatch_lines(["*unidiffuser:*", "*--backends=LIST*", "*--accuracy-report=PATH*", "*Default:*"])
 
 
-def test_a_rung_builds_the_pipeline_its_column_describes():
-    """`--rung pytorch-fp32` is the reference through engines (eager fp32, two-call guidance): the same image."""
+def test_a_recipe_builds_the_pipeline_its_column_describes():
+    """`--recipe pytorch-fp32` is the reference through engines (eager fp32, two-call guidance): the same image."""
     import torch
 
     from bench.cli import make_pipeline
 
     reference, _ = make_pipeline(size="tiny", device="cpu")
-    rung, meta = make_pipeline(size="tiny", device="cpu", rung="pytorch-fp32")
+    recipe, meta = make_pipeline(size="tiny", device="cpu", recipe="pytorch-fp32")
     assert meta["engines"] == {"clip": "clip/eager/fp32", "uvit": "uvit/eager/fp32+guidance=two-calls",
                                "decoder": "decoder/eager/fp32"}  # fmt: skip
-    a, b = rung("A dog adventuring under the sea", 29764), reference("A dog adventuring under the sea", 29764)
+    a, b = recipe("A dog adventuring under the sea", 29764), reference("A dog adventuring under the sea", 29764)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.image, b.image)
 
 

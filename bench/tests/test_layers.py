@@ -18,12 +18,21 @@ ALLOWED = {
 }
 
 
-def imports() -> dict[str, set[str]]:
-    """module -> the project modules it imports (a package import counts as its __init__)."""
+# the suites' own code: their conftests and benchmark files, and the option groups those share
+SUITES = ("conftest.py", "bench_*.py", "bench/matrix.py")
+
+
+def in_suites(path: Path) -> bool:
+    return "tests" in path.parts or any(path.match(pattern) for pattern in SUITES)
+
+
+def imports(everything: bool = False) -> dict[str, set[str]]:
+    """module -> the project modules it imports (a package import counts as its __init__); `everything`: every
+    module it imports, ours or not, in the library's code (the suites' aside)."""
     graph = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            if "tests" in path.parts:
+            if "tests" in path.parts or (everything and in_suites(path.relative_to(ROOT))):
                 continue
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             found, tree = set(), ast.parse(path.read_text())
@@ -40,7 +49,9 @@ def imports() -> dict[str, set[str]]:
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     found.add(node.module)
                     found.update(f"{node.module}.{a.name}" for a in node.names)
-            graph[name] = {m for m in found if m.split(".")[0] in PACKAGES}
+            graph[name] = found if everything else {m for m in found if m.split(".")[0] in PACKAGES}
+    if everything:
+        return graph
     modules = set(graph)
     return {k: {m for m in v if m in modules and m != k} for k, v in graph.items()}
 
@@ -69,3 +80,14 @@ def test_no_module_imports_itself_through_others():
     for module in sorted(graph):
         visit(module, [module])
     assert not cycles, cycles[:5]
+
+
+def test_pytest_is_imported_only_by_the_suites():
+    """The library (an image, the command line, the reports) runs without pytest or pytest-benchmark installed."""
+    wrong = sorted(
+        f"{module} -> {dep}"
+        for module, deps in imports(everything=True).items()
+        for dep in deps
+        if dep.split(".")[0] in ("pytest", "pytest_benchmark", "_pytest")
+    )
+    assert not wrong, wrong

@@ -8,6 +8,7 @@ from torch import nn
 
 from engines import build_engine, fused
 from engines.components import component_module, example_inputs
+from engines.spec import defaults
 from engines.tests import engine_against_eager
 from plugin.tests import rerun_under_interpreter
 from reference.checkpoints import load_models
@@ -28,7 +29,7 @@ def test_stacked_qkv_is_clip_with_one_projection(models, attention):
     from engines.eager import set_attention
 
     set_attention(encoder, attention)
-    fused.apply(encoder, mlp="reference", qkv="stacked", upsample="reference", conv_out="reference")
+    fused.apply(encoder, {**defaults("eager"), "qkv": "stacked"})
     layers = models.config.clip.layers
     assert sum(isinstance(m, fused.StackedQKVAttention) for m in encoder.modules()) == layers
     assert sum(p.numel() for p in encoder.parameters()) == n_params

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from engines import BackendUnavailable, register_engine, register_limits
-from engines.runtime import cast, check_inputs, swap_children, take_options
+from engines.runtime import cast, check_inputs, swap_children
+from engines.spec import defaults
 
 OPSET = 18
 
@@ -110,7 +111,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
     from engines.eager import EXPORTABLE, set_attention
     from engines.faults import inject
 
-    opts = take_options(options, {"attention": "math", "export_dir": ""}, backend="onnxruntime")
+    opts = {**defaults("onnxruntime"), **options}  # checked by engines.spec
     chosen = providers(device, precision=precision, cuda_graph=cuda_graph)
     module = set_attention(cast(marked, precision), opts["attention"], EXPORTABLE)
     centre_groupnorms(module)  # torch's own export (InstanceNormalization) loses fp32 accuracy: docs/performance.md

@@ -60,7 +60,7 @@ def test_export_writes_a_valid_static_graph(models, tmp_path, precision):
     import onnx
 
     from engines.components import Marked
-    from engines.onnx import export
+    from engines.ort import export
     from engines.runtime import cast
 
     module = cast(Marked(copy.deepcopy(models.decoder).eval(), ("decoder.mid.attn_1",)), precision)
@@ -118,7 +118,7 @@ def test_onnx_groupnorm_keeps_fp32_accuracy_where_the_mean_dominates():
     import copy
 
     from engines.components import Marked
-    from engines.onnx import centre_groupnorms
+    from engines.ort import centre_groupnorms
     from reference.autoencoder import GroupNorm
 
     gn = GroupNorm(128).eval()
@@ -142,7 +142,7 @@ def test_onnx_groupnorm_keeps_fp32_accuracy_where_the_mean_dominates():
 
         import onnxruntime as ort
 
-        from engines.onnx import export
+        from engines.ort import export
 
         with tempfile.TemporaryDirectory() as d:
             path, names = export(Marked(module, ()), {"z": x}, Path(d) / "gn.onnx")
