@@ -206,7 +206,7 @@ def profile_engine(
     out: Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Kernel-time breakdown of one engine (bench.profile) -> markdown under reports/ (or `out`): `recipe`'s engine
+    """Kernel-time breakdown of one engine (bench.profile) -> markdown under results/ (or `out`): `recipe`'s engine
     for `component` (its whole solver loop for "sampler"), or the one `backend`, `precision` and `option` give."""
     from bench.environment import environment
     from bench.flops import component_flops
@@ -239,7 +239,7 @@ def profile_engine(
             inputs = example_inputs(component, cfg, device=dev)
             flops = component_flops(component, cfg.name, guidance=str(options.get("guidance", "batched")))
     out = check_writable(
-        Path(out or f"reports/profile-{engine.name.replace('/', '-').replace('+', '-').replace(',', '-')}.md"),
+        Path(out or f"results/profile-{engine.name.replace('/', '-').replace('+', '-').replace(',', '-')}.md"),
         overwrite=overwrite,
     )
     result = profile(lambda: engine(**inputs), repeat=repeat)
@@ -337,13 +337,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", type=Path, default=None, metavar="DIR", help="official checkpoints. Default: random")
     f.add_argument("--weights-seed", type=int, default=0, metavar="N", help="Default: %(default)r")
     f.add_argument("--repeat", type=int, default=10, help="calls timed and profiled. Default: %(default)r")
-    f.add_argument("--out", type=Path, default=None, help="Default: reports/profile-<engine>.md")
+    f.add_argument("--out", type=Path, default=None, help="Default: results/profile-<engine>.md")
     f.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     c = sub.add_parser(
         "ceilings", help="the fastest linears and attention at the U-ViT step's shapes (markdown report)"
     )
     c.add_argument("--size", default="full", choices=list(SIZES), help="Default: %(default)r")
-    c.add_argument("--out", type=Path, default=Path("reports") / CEILINGS, help="Default: %(default)s")
+    c.add_argument("--out", type=Path, default=Path("results") / CEILINGS, help="Default: %(default)s")
     c.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     return p
 
