@@ -11,6 +11,7 @@ engine was built for, so the comparator treats this engine like any other.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -104,29 +105,41 @@ def export(module: nn.Module, example_inputs: dict[str, Tensor], path: Path) -> 
     return path, names
 
 
+@contextlib.contextmanager
+def export_marked(marked: nn.Module, example_inputs: dict[str, Tensor], *, fault, export_dir: str, prefix: str):
+    """`marked` with `fault` injected, exported to `export_dir`, or to a temporary folder removed on leaving: yields
+    the graph's path, its output names and the export's seconds. What the export shares with engines.trt."""
+    from engines.faults import inject
+
+    if fault is not None:
+        inject(marked.module, fault)
+    folder = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        t0 = time.perf_counter()
+        path, names = export(marked, example_inputs, folder / "model.onnx")
+        yield path, names, time.perf_counter() - t0
+    finally:
+        if not export_dir:
+            shutil.rmtree(folder, ignore_errors=True)  # what was built from the graph holds it now
+
+
 @register_engine("onnxruntime")
 def build(marked, *, precision, device, example_inputs, cuda_graph, options, fault=None):
     import onnxruntime as ort
 
     from engines.eager import EXPORTABLE, set_attention
-    from engines.faults import inject
 
     opts = {**defaults("onnxruntime"), **options}  # checked by engines.spec
     chosen = providers(device, precision=precision, cuda_graph=cuda_graph)
     module = set_attention(cast(marked, precision), opts["attention"], EXPORTABLE)
     centre_groupnorms(module)  # torch's own export (InstanceNormalization) loses fp32 accuracy: docs/performance.md
-    if fault is not None:
-        inject(module.module, fault)
-    folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-onnx-"))
-    t0 = time.perf_counter()
-    path, names = export(module, example_inputs, folder / "model.onnx")
-    exported = time.perf_counter() - t0
     settings = ort.SessionOptions()
     settings.log_severity_level = 3  # warnings about unused initialisers are noise here
     provider_options = [{"enable_cuda_graph": "1"} if cuda_graph else {} for _ in chosen[:-1]] + [{}]
-    session = ort.InferenceSession(str(path), settings, providers=chosen, provider_options=provider_options)
-    if not opts["export_dir"]:
-        shutil.rmtree(folder, ignore_errors=True)  # the session holds the graph and weights now
+    exporting = export_marked(module, example_inputs, fault=fault, export_dir=opts["export_dir"],
+                              prefix="unidiffuser-onnx-")  # fmt: skip
+    with exporting as (path, names, exported):
+        session = ort.InferenceSession(str(path), settings, providers=chosen, provider_options=provider_options)
     static = {k: v for k, v in example_inputs.items()}
     expected = {i.name for i in session.get_inputs()}
     if expected != set(static):

@@ -10,8 +10,6 @@ The engine runs on torch's current stream with torch-allocated buffers, so engin
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,25 +65,20 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
     import tensorrt as trt
 
     from engines.eager import EXPORTABLE, set_attention
-    from engines.faults import inject
-    from engines.ort import export
+    from engines.ort import export_marked
 
     opts = {**defaults("trt"), **options}  # checked by engines.spec
     # fp32 weights: TensorRT chooses the lower precision itself
     module = set_attention(marked, opts["attention"], EXPORTABLE)
-    if fault is not None:
-        inject(module.module, fault)
-    folder = Path(opts["export_dir"]) if opts["export_dir"] else Path(tempfile.mkdtemp(prefix="unidiffuser-trt-"))
-    t0 = time.perf_counter()
-    path, names = export(module, example_inputs, folder / "model.onnx")
-    exported = time.perf_counter() - t0
     logger = trt.Logger(trt.Logger.WARNING)
-    serialized = build_network(
-        trt, path, precision=precision, workspace_gib=float(opts["workspace_gib"]), logger=logger
-    )
-    built = time.perf_counter() - t0 - exported
-    if not opts["export_dir"]:
-        shutil.rmtree(folder, ignore_errors=True)
+    exporting = export_marked(module, example_inputs, fault=fault, export_dir=opts["export_dir"],
+                              prefix="unidiffuser-trt-")  # fmt: skip
+    with exporting as (path, names, exported):
+        t0 = time.perf_counter()
+        serialized = build_network(
+            trt, path, precision=precision, workspace_gib=float(opts["workspace_gib"]), logger=logger
+        )
+        built = time.perf_counter() - t0
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
     context = engine.create_execution_context()
     io = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
