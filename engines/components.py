@@ -134,39 +134,45 @@ class Marked(nn.Module):
     def __init__(self, module: nn.Module, marks: tuple[str, ...]):
         super().__init__()
         self.module, self.marks = module, marks
+        # The hooks hold the store, never this module: a hook holding `self` ties the module and its copy of the
+        # weights into a reference cycle that only the collector frees, whenever it next runs; the accuracy suites
+        # build dozens of marked engines, and a full-size fp64 U-ViT is 8 GB.
         self._store: dict[str, Tensor] = {}
         by_mark = module_by_mark(module)
         self._handles = [
-            by_mark[m.removesuffix(INPUT)].register_forward_pre_hook(self._input_recorder(m))
+            by_mark[m.removesuffix(INPUT)].register_forward_pre_hook(_input_recorder(self._store, m))
             if m.endswith(INPUT)
-            else by_mark[m].register_forward_hook(self._recorder(m))
+            else by_mark[m].register_forward_hook(_recorder(self._store, m))
             for m in marks
         ]
-
-    def _record(self, mark: str, value: object) -> None:
-        value = value[0] if isinstance(value, (tuple, list)) and not hasattr(value, "scale") else value
-        if hasattr(value, "scale"):  # a Quantized (q, scale, dtype): what the layer multiplies by, exactly
-            value = value.q.float() * value.scale
-        # A module run twice per call (two-call guidance: cond, then uncond) is marked by both outputs stacked
-        # on the batch axis, the layout of the batched reference.
-        self._store[mark] = torch.cat([self._store[mark], value]) if mark in self._store else value
-
-    def _recorder(self, mark: str):
-        def record(module: nn.Module, args: tuple, out: object) -> None:
-            self._record(mark, out)
-
-        return record
-
-    def _input_recorder(self, mark: str):
-        def record(module: nn.Module, args: tuple) -> None:
-            self._record(mark, args[0])
-
-        return record
 
     def forward(self, **inputs: Tensor) -> dict[str, Tensor]:
         self._store.clear()
         out = self.module(**inputs)
         return {**self._store, "output": out}
+
+
+def _record(store: dict[str, Tensor], mark: str, value: object) -> None:
+    value = value[0] if isinstance(value, (tuple, list)) and not hasattr(value, "scale") else value
+    if hasattr(value, "scale"):  # a Quantized (q, scale, dtype): what the layer multiplies by, exactly
+        value = value.q.float() * value.scale
+    # A module run twice per call (two-call guidance: cond, then uncond) is marked by both outputs stacked on the
+    # batch axis, the layout of the batched reference.
+    store[mark] = torch.cat([store[mark], value]) if mark in store else value
+
+
+def _recorder(store: dict[str, Tensor], mark: str):
+    def record(module: nn.Module, args: tuple, out: object) -> None:
+        _record(store, mark, out)
+
+    return record
+
+
+def _input_recorder(store: dict[str, Tensor], mark: str):
+    def record(module: nn.Module, args: tuple) -> None:
+        _record(store, mark, args[0])
+
+    return record
 
 
 class DecodeToImage(nn.Module):

@@ -94,6 +94,10 @@ def _release_memory():
     """Each case copies the full-size model (the faulty engine, the faulty fp64 oracle): free them before the next
     rather than when the collector gets round to it."""
     yield
+    _free_memory()
+
+
+def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -180,28 +184,36 @@ SEEDS = (0, 1, 2)
 @pytest.mark.parametrize("component", ["clip", "uvit", "decoder"])
 def test_clean_engines_raise_no_alarm(model_config, device, component, seed, accuracy_log):
     """Over several weight seeds, each precision's clean build (the fault matrix's) fails no mark, twice run."""
-    from engines.components import component_module, default_marks
     from reference.checkpoints import load_models
 
     models = load_models(model_config, seed=seed).to(device)
     alarms = {}
     for precision in PRECISIONS[component]:
-        opts = engine_options(component, precision, device)
-        marks = default_marks(component, component_module(component, models))
         try:
-            engine = build_engine(component, models, precision=precision, marks=marks, **opts)
+            name, firsts = _clean_run(component, models, precision, device)
         except BackendUnavailable as e:
             alarms[precision] = f"skipped: {e}"
             continue
-        ref = References.make(component, models, engine.approximations, device=device)
-        runs = [RunResult(engine.name, engine(**ref.inputs)) for _ in range(2)]
-        firsts = [first_failure(ref.judge(run, precision)) for run in runs]
-        row = {"component": component, "seed": seed, "precision": precision, "engine": engine.name,
-               "runs": len(runs), "alarms": sum(f is not None for f in firsts)}  # fmt: skip
+        finally:  # one precision's engine, oracle and runs at a time: each is a copy of the model at full size
+            _free_memory()
+        row = {"component": component, "seed": seed, "precision": precision, "engine": name, "runs": len(firsts),
+               "alarms": sum(f is not None for f in firsts)}  # fmt: skip
         accuracy_log.add([row], table="clean")
         if any(firsts):
             alarms[precision] = firsts
     assert not {p: a for p, a in alarms.items() if not str(a).startswith("skipped")}, alarms
+
+
+def _clean_run(component: str, models, precision: str, device) -> tuple[str, list]:
+    """The clean build at `precision`, run twice and judged: the engine's name and each run's first failing mark."""
+    from engines.components import component_module, default_marks
+
+    marks = default_marks(component, component_module(component, models))
+    engine = build_engine(component, models, precision=precision, marks=marks,
+                          **engine_options(component, precision, device))  # fmt: skip
+    ref = References.make(component, models, engine.approximations, device=device)
+    runs = [RunResult(engine.name, engine(**ref.inputs)) for _ in range(2)]
+    return engine.name, [first_failure(ref.judge(run, precision)) for run in runs]
 
 
 def test_anchoring_confines_a_fault_to_its_mark(models, references):
