@@ -228,8 +228,9 @@ def env_info(models, run_matrix: Matrix) -> dict[str, str]:
 
 
 class ResultLog:
-    """Tables of rows that tests add ("rows": one per engine and mark; "engines", "activations", "faults"), rewritten
-    to one JSON file after every test: a run cut short still leaves its results."""
+    """Tables of rows that tests add ("rows": one per engine and mark; "engines", "activations", "faults"), and
+    "tests": every test's outcome once the log is open, rewritten to one JSON file after every test: a run cut short
+    still leaves its results, and a test that died before it could add rows (an exception, out of memory) is there."""
 
     def __init__(self, path: Path, env: dict[str, str]) -> None:
         self.path, self.env, self.tables = path, env, {"rows": []}
@@ -244,15 +245,48 @@ class ResultLog:
         self.path.write_text(json.dumps({"env": self.env, **self.tables}, indent=1, default=float))
 
 
+RESULT_LOG = pytest.StashKey[ResultLog]()  # the open log, where pytest_runtest_makereport finds it
+
+
 @pytest.fixture(scope="session")
 def accuracy_log(pytestconfig: pytest.Config, env_info: dict[str, str]):
     stamp = env_info["date"].replace(" ", "_").replace(":", "")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     path = pytestconfig.getoption("--results-dir") / f"accuracy-{stamp}{'-' + worker if worker else ''}.json"
     log = ResultLog(path, env_info)
+    pytestconfig.stash[RESULT_LOG] = log
     yield log
     report = pytestconfig.getoption("--accuracy-report")
     if any(log.tables.values()) and report is not None:
         from reports.accuracy import write_report
 
         write_report([log.path], report, overwrite=pytestconfig.getoption("--overwrite-reports"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    log, row = item.config.stash.get(RESULT_LOG, None), outcome_row(outcome.get_result())
+    if log is not None and row is not None:
+        log.add([row], table="tests")
+
+
+def outcome_row(report: pytest.TestReport) -> dict[str, str] | None:
+    """A test's outcome from the phase that decides it (the call; a setup that failed or skipped; a teardown that
+    failed, whose row then replaces the call's in the report), with the reason for anything but a pass."""
+    if not (report.when == "call" or report.failed or (report.skipped and report.when == "setup")):
+        return None
+    if report.passed:
+        why = ""
+    elif isinstance(report.longrepr, tuple):  # a skip: (file, line, reason)
+        why = str(report.longrepr[2])
+    else:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        why = crash.message if crash is not None else str(report.longrepr)
+    lines = why.strip().splitlines()
+    return {
+        "test": report.nodeid,
+        "outcome": report.outcome,
+        "phase": report.when,
+        "reason": lines[0][:300] if lines else "",
+    }

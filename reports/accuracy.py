@@ -2,7 +2,8 @@
 
 The JSON holds tables: "rows" (one per engine and mark), "engines" (one verdict per engine), "perturbation" (marked
 against unmarked output), "fp8_linears" (each FP8 linear against its emulation), "activations" (what the weights
-make each layer do), "faults" (the fault matrix) and "clean" (clean builds over several weight seeds).
+make each layer do), "faults" (the fault matrix), "clean" (clean builds over several weight seeds) and "tests" (each
+test's outcome: a test that failed before it could add rows shows there alone).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ KEYS = {
     "perturbation": ["engine"],
     "faults": ["component", "fault", "position", "precision"],
     "clean": ["component", "seed", "precision"],
+    "tests": ["test"],
 }
 
 
@@ -254,6 +256,7 @@ def to_markdown(tables: dict[str, pd.DataFrame], env: dict[str, str], *, images:
     if merged is not None and len(merged) > 1:
         parts.append("The header is the oldest run's; this report merges these runs (a later row replaces an earlier "
                      "one of the same engine and mark):\n\n" + merged.to_markdown(index=False) + "\n")  # fmt: skip
+    parts.append(outcomes(tables.get("tests")))
     parts.append(RULE)
     if len(rows):
         parts.append("## Summary\n\n" + summary(tables).to_markdown(index=False) + "\n")
@@ -300,6 +303,23 @@ def to_markdown(tables: dict[str, pd.DataFrame], env: dict[str, str], *, images:
                 if len(t):
                     parts.append(f"## {comp} {prec}: relative L2 error by mark\n\n" + t.to_markdown() + "\n")
     return "\n".join(parts)
+
+
+def outcomes(tests: pd.DataFrame | None) -> str:
+    """The tests' outcomes, counted, and every one that failed with its reason: a crash (out of memory, say) leaves
+    no rows in the tables below, and its absence must not read as a pass."""
+    if tests is None or not len(tests):
+        return "## Test outcomes\n\nNot recorded by these runs (their results files predate it).\n"
+    counts = tests["outcome"].value_counts()
+    line = ", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("passed", "failed", "skipped"))
+    failed = tests[tests["outcome"] == "failed"].sort_values("test")
+    listing = (
+        failed[["test", "phase", "reason"]].replace({r"\|": r"\\|"}, regex=True).to_markdown(index=False)
+        if len(failed)
+        else "None failed."
+    )
+    return (f"## Test outcomes\n\n{line} (a test made again counts once, with its later outcome).\n\n"
+            + listing + "\n")  # fmt: skip
 
 
 def write_report(results: list[Path], out: Path, *, overwrite: bool = False) -> Path:

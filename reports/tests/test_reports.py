@@ -314,3 +314,28 @@ def test_the_reports_import_without_torch_or_any_layer_below():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_test_that_dies_before_adding_rows_is_reported_failed(tmp_path):
+    import json
+
+    from reports.accuracy import outcomes
+
+    suite = str(ROOT / "reports/tests/suite_outcomes.py")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", suite,
+           "--results-dir", str(tmp_path), "--accuracy-report", str(tmp_path / "accuracy.md")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "1 passed, 1 failed, 1 skipped" in md
+    died = "| reports/tests/suite_outcomes.py::test_dies_before_adding_rows | call"
+    assert f"{died}    | RuntimeError: CUDA out of memory. Tried to allocate 72.00 MiB \\| 5.56 MiB free |" in md
+    # made again, and passing: the later outcome stands
+    first = next(tmp_path.glob("accuracy-*.json"))
+    data = json.loads(first.read_text())
+    data["env"]["date"] = "2999-01-01 00:00 UTC"
+    data["tests"] = [{**t, "outcome": "passed", "reason": ""} for t in data["tests"] if "dies" in t["test"]]
+    again = tmp_path / "accuracy-again.json"
+    again.write_text(json.dumps(data))
+    assert "2 passed, 0 failed, 1 skipped" in write_report([again, first], tmp_path / "m.md").read_text()
+    assert "Not recorded" in outcomes(None)
