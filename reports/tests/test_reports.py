@@ -14,13 +14,17 @@ from reports.common import check_writable
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_suite(suite: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`suite` in a pytest of its own, its results and accuracy report written to `out`."""
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(ROOT / suite), *args,
+           "--results-dir", str(out), "--accuracy-report", str(out / "accuracy.md")]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
 @pytest.fixture(scope="module")
 def accuracy_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("acc")
-    suite = str(ROOT / "reference/tests/test_accuracy.py")
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", suite,
-           "-k", "clip", "--results-dir", str(out), "--accuracy-report", str(out / "accuracy.md")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = run_suite("reference/tests/test_accuracy.py", out, "-k", "clip")
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 
@@ -321,10 +325,7 @@ def test_a_test_that_dies_before_adding_rows_is_reported_failed(tmp_path):
 
     from reports.accuracy import outcomes
 
-    suite = str(ROOT / "reports/tests/suite_outcomes.py")
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", suite,
-           "--results-dir", str(tmp_path), "--accuracy-report", str(tmp_path / "accuracy.md")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_suite("reports/tests/suite_outcomes.py", tmp_path)
     assert proc.returncode == 1, proc.stdout[-3000:]
     md = (tmp_path / "accuracy.md").read_text()
     assert "1 passed, 1 failed, 1 skipped" in md
