@@ -220,6 +220,14 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["unidiffuser"] = environment(weights=weights_label(config), size=matrix(config).size)
 
 
+def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict) -> None:
+    # pytest-benchmark reads the tree's .git; a copied tree's may be stale, and the JSON must not name one commit in
+    # its header (UNIDIFFUSER_COMMIT, bench.environment) and another in commit_info
+    if os.environ.get("UNIDIFFUSER_COMMIT"):
+        commit_info.update(id=os.environ["UNIDIFFUSER_COMMIT"], dirty=None, time=None, author_time=None, branch=None)
+        commit_info["source"] = "UNIDIFFUSER_COMMIT"
+
+
 @pytest.fixture(scope="session")
 def env_info(models, run_matrix: Matrix) -> dict[str, str]:
     from bench.environment import environment

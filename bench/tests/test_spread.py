@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from reports.speedup import load_runs, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,8 @@ def worker_files(tmp_path_factory):
         "--maxschedchunk", "1", "--bench-xdist", "--benchmark-json", str(out / "bench.json"),
         "--bench-images", str(out / "images"), "-k", "test_component and eager/fp32 or test_pipeline",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    env = {**os.environ, "UNIDIFFUSER_COMMIT": COMMIT}  # as on a machine that receives a copy of the tree
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     return sorted(out.glob("bench-gw*.json"))
 
@@ -43,3 +46,10 @@ def test_the_report_merges_the_workers(worker_files):
     runs = df.attrs["runs"]  # the report names the file each part comes from
     assert list(runs["file"]) == ["bench-gw0.json", "bench-gw1.json"] and "## Runs merged" in md
     assert runs["benchmarks"].sum() == len(df)
+
+
+def test_every_file_names_one_commit_the_one_given(worker_files):
+    for f in worker_files:
+        data = json.loads(f.read_text())
+        assert data["machine_info"]["unidiffuser"]["commit"] == COMMIT
+        assert data["commit_info"]["id"] == COMMIT and data["commit_info"]["source"] == "UNIDIFFUSER_COMMIT"
