@@ -16,6 +16,8 @@ from engines.recipes import BASELINE, LADDER
 from engines.spec import COMPONENTS
 from reports.common import check_writable, env_header
 
+# the columns the tables read, there (empty) where no benchmark wrote them: the seed's protocol times the pipeline alone
+READ = ("case", "component", "p50_ms", "precision", "tflops", "flops")
 CEILINGS = "ceilings-uvit.md"  # `python -m bench ceilings`, beside this report: linked from the U-ViT row
 ROWS = {"clip": "clip + encode_prefix", "uvit": "uvit (one guided step)", "decoder": "decoder", "pipeline": "pipeline"}
 SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, ms
@@ -50,6 +52,7 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
             row = {"name": b["name"], "group": b.get("group"), "wall_median_ms": b["stats"]["median"] * 1e3, **info}
             rows.append({**row, "file": Path(path).name})
     every = pd.DataFrame(rows)
+    every = every.reindex(columns=[*every.columns, *(c for c in READ if c not in every)])
     df = every.drop_duplicates("name", keep="last")
     repeated = rebuilds(every)
     if len(repeated):

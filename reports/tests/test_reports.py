@@ -212,6 +212,23 @@ def test_the_same_benchmark_files_in_any_order_give_the_same_report(tmp_path):
     assert "measured fp16 matmul peak 740 TFLOP/s" in one
 
 
+def test_a_protocol_run_alone_makes_a_report(tmp_path):
+    """The seed's protocol (`--bench-protocol seed`) times the pipeline only: no component, no peak."""
+    import json
+
+    from reports.speedup import write_report
+
+    pipeline = {"name": "test_pipeline[fast]", "group": "pipeline", "stats": {"median": 0.474},
+                "extra_info": {"recipe": "fast", "protocol": "seed", "images": 40, "clip_ms": 0.54, "uvit_ms": 466.9,
+                               "step_p50_ms": 9.34, "decoder_ms": 4.81, "wall_p50_ms": 474.2, "peak_mib": 6631.2,
+                               "flops": 2.35e14}}  # fmt: skip
+    path = tmp_path / "bench-seed-fast.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": [pipeline]}))
+    md = write_report([path], tmp_path / "speedup.md").read_text()
+    assert "| pipeline               | -              |" in md and "| 474.200 |" in md
+    assert "| fast     | seed       |       40 |" in md
+
+
 def speedup_rows(fast_uvit_ms: float = 10.0) -> list[dict]:
     """Component benchmarks of two recipes, as pytest-benchmark's JSON gives them to load_runs."""
     from engines.recipes import LADDER
