@@ -187,6 +187,15 @@ def against_targets(
 BUILD_TARGETS = {"fresh": 120.0, "warm": 15.0}  # issue 6: seconds to build every fp16 engine of the fastest recipe
 
 
+def profile_list(profiles: dict[str, str]) -> pd.DataFrame:
+    """Every profile beside the report, with the engine it profiles and the recipes that build that engine: the
+    targets table links only each row's best."""
+    rows = [{"profile": f"[{name}]({name})", "engine": f"`{engine}`",
+             "recipes": ", ".join(r.name for r in LADDER if engine in {b.id for b in r.builds.values()}) or "-"}
+            for engine, name in sorted(profiles.items(), key=lambda item: item[1])]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
     """bench/bench_build.py: a recipe's engines built in a new process on an empty compile cache and on a warm one; a
     row per run, labelled with its file where the rows carry one."""
@@ -282,6 +291,11 @@ def to_markdown(
         + targets.to_markdown(floatfmt=".3f")
         + "\n"
     )
+    if profiles:
+        parts.append(
+            "## Kernel profiles\n\nWhere each profiled engine's time goes, kernel by kernel (`python -m bench "
+            "profile`):\n\n" + profile_list(profiles).to_markdown(index=False) + "\n"
+        )
     parts.append(
         "## Build seconds (component engines)\n\nIn build order within one process; a build that reuses an "
         "earlier compile of the same graph shows ~0 compile seconds.\n\n"

@@ -123,6 +123,30 @@ def test_each_target_points_at_the_profile_of_its_best_engine(tmp_path):
     assert linked["uvit"] == "-; [ceilings-uvit.md](ceilings-uvit.md)" and linked["decoder"] == got["decoder"]
 
 
+def test_every_profile_is_listed_with_the_recipes_that_build_its_engine(tmp_path):
+    import json
+
+    from engines.recipes import recipe
+    from reports.common import env_header
+    from reports.speedup import profile_list, write_report
+
+    fast, fp8 = recipe("fast"), recipe("fast-fp8")
+    profiles = {fast.builds["clip"].id: "profile-fast-clip.md", fast.builds["uvit"].id: "profile-fast-uvit.md",
+                fp8.builds["uvit"].id: "profile-fast-fp8-uvit.md", "uvit/eager/bf16": "profile-bf16.md"}  # fmt: skip
+    table = profile_list(profiles).set_index("profile")
+    assert list(table.index) == [f"[{n}]({n})" for n in sorted(profiles.values())]
+    assert table.loc["[profile-fast-clip.md](profile-fast-clip.md)", "recipes"] == "fast, fast-fp8"
+    assert table.loc["[profile-fast-uvit.md](profile-fast-uvit.md)", "recipes"] == "fast"
+    assert table.loc["[profile-bf16.md](profile-bf16.md)", "recipes"] == "-"
+    # the report beside the profiles lists them all
+    (tmp_path / "profile-bf16.md").write_text(env_header("Profile", {"engine": "uvit/eager/bf16"}))
+    peak = {"name": "test_matmul_peak[fp16]", "group": "peak", "stats": {"median": 1.0},
+            "extra_info": {"precision": "float16", "tflops": 700.0}}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps({"machine_info": {}, "benchmarks": [peak]}))
+    md = write_report([tmp_path / "bench.json"], tmp_path / "speedup.md").read_text()
+    assert "## Kernel profiles" in md and "| [profile-bf16.md](profile-bf16.md) | `uvit/eager/bf16` | -" in md
+
+
 def test_clocks_are_listed_for_the_runs_that_sampled_them():
     import pandas as pd
 
