@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from engines.recipes import LADDER
 from reports.common import check_writable, env_header
 
 METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2"]
@@ -17,6 +18,18 @@ METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2
 def label(comparison: dict) -> str:
     m = comparison.get("candidate_manifest", {})
     return m.get("label") or Path(comparison["candidate"]).name
+
+
+def in_ladder_order(comparisons: list[dict]) -> list[dict]:
+    """The recipes in the speed-up table's order, then any other folder by name: the report does not depend on the
+    order `bench quality` was given its candidates."""
+    names = [r.name for r in LADDER]
+
+    def key(c: dict) -> tuple[int, str]:
+        name = Path(c["candidate"]).name
+        return (names.index(name) if name in names else len(names), name)
+
+    return sorted(comparisons, key=key)
 
 
 def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -100,6 +113,7 @@ def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Pa
     if len(paths) != 1:
         raise ValueError("the image-quality report reads one results file from `python -m bench quality`")
     data = json.loads(Path(paths[0]).read_text())
+    data["comparisons"] = in_ladder_order(data["comparisons"])
     out = check_writable(out, overwrite=overwrite)
     images = []
     for c in data["comparisons"]:

@@ -217,6 +217,28 @@ def test_a_recipe_whose_every_image_was_refused_is_reported_failing_under_the_im
     assert not (tmp_path / "pd-nan.png").exists()
 
 
+def test_the_report_lists_recipes_in_the_ladders_order_whatever_order_they_were_scored_in(tmp_path):
+    import numpy as np
+
+    from bench.cli import quality
+    from reports.pd import write_report
+
+    g = np.random.default_rng(0)
+    imgs = {"00_1": g.integers(0, 255, (32, 32, 3), dtype=np.uint8)}
+    ref = _folder(tmp_path / "ref", imgs)
+    names = ["other", "fast-fp8", "fast", "pytorch-fp16-baseline"]
+    folders = [_folder(tmp_path / n, imgs) for n in names]
+    reports = []
+    for order in (folders, folders[::-1]):
+        out = quality(reference=ref, candidates=order, out=tmp_path / "q.json", device="cpu", overwrite=True)
+        md = write_report([out], tmp_path / "pd.md", overwrite=True).read_text()
+        reports.append(md.split("Reference images")[1])  # past the header, whose date is each scoring's
+    assert reports[0] == reports[1]
+    section = reports[0].split("## Verdicts")[1].split("\n## ")[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line[:2] == "| "]
+    assert rows[1:] == ["pytorch-fp16-baseline", "fast", "fast-fp8", "other"]
+
+
 def test_pixel_metrics_of_one_run_merge_and_of_different_runs_are_refused(tmp_path):
     """A run split over machine calls gives several pixel files: they merge when commit, GPU and the reference images
     agree and each candidate is scored once; anything else is an error naming the file and what differs."""
