@@ -221,11 +221,12 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict) -> None:
-    # pytest-benchmark reads the tree's .git; a copied tree's may be stale, and the JSON must not name one commit in
-    # its header (UNIDIFFUSER_COMMIT, bench.environment) and another in commit_info
-    if os.environ.get("UNIDIFFUSER_COMMIT"):
-        commit_info.update(id=os.environ["UNIDIFFUSER_COMMIT"], dirty=None, time=None, author_time=None, branch=None)
-        commit_info["source"] = "UNIDIFFUSER_COMMIT"
+    # pytest-benchmark reads the tree's .git, which in a copied tree may be stale: the JSON must not name one commit
+    # in its header (bench.environment) and another in commit_info
+    from bench.environment import COMMIT_ENV, given_commit
+
+    if commit := given_commit():
+        commit_info.update(id=commit, dirty=None, time=None, author_time=None, branch=None, source=COMMIT_ENV)
 
 
 @pytest.fixture(scope="session")

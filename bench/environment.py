@@ -22,10 +22,18 @@ def _run(cmd: list[str]) -> str:
         return ""
 
 
+COMMIT_ENV = "UNIDIFFUSER_COMMIT"  # the commit of the code, where the tree's .git is not its own
+
+
+def given_commit() -> str | None:
+    """The commit named by UNIDIFFUSER_COMMIT, if any: a copied tree may carry a stale .git (the lent GPU's did)."""
+    return os.environ.get(COMMIT_ENV) or None
+
+
 def git_commit() -> str:
-    """UNIDIFFUSER_COMMIT when set (a copied tree may carry a stale .git: the lent GPU's did), else the checkout's."""
-    if os.environ.get("UNIDIFFUSER_COMMIT"):
-        return os.environ["UNIDIFFUSER_COMMIT"]
+    """UNIDIFFUSER_COMMIT when set, else the checkout's."""
+    if given := given_commit():
+        return given
     commit = _run(["git", "rev-parse", "--short=12", "HEAD"]) or "unknown"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     return commit + ("+dirty" if dirty else "")
