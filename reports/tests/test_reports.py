@@ -253,6 +253,32 @@ def test_a_protocol_run_alone_makes_a_report(tmp_path):
     assert "| fast     | seed       |       40 |" in md
 
 
+def test_the_seed_protocol_and_the_quick_one_both_stay_and_the_table_takes_the_seeds(tmp_path):
+    """The two protocols time the same test; whichever file is later, neither hides the other."""
+    import json
+
+    from reports.speedup import write_report
+
+    def run(protocol: str, date: str, wall: float) -> Path:
+        pipeline = {"name": "test_pipeline[fast]", "group": "pipeline", "stats": {"median": wall / 1e3},
+                    "extra_info": {"recipe": "fast", "protocol": protocol, "images": 40 if protocol == "seed" else 4,
+                                   "wall_p50_ms": wall}}  # fmt: skip
+        path = tmp_path / f"bench-{protocol}.json"
+        path.write_text(json.dumps({"machine_info": {"unidiffuser": {"date": date}}, "benchmarks": [pipeline]}))
+        return path
+
+    for seed_date, quick_date in (("2026-12-03 10:00 UTC", "2026-12-03 11:00 UTC"),
+                                  ("2026-12-03 11:00 UTC", "2026-12-03 10:00 UTC")):  # fmt: skip
+        files = [run("seed", seed_date, 474.2), run("quick", quick_date, 479.0)]
+        md = write_report(files, tmp_path / "speedup.md", overwrite=True).read_text()
+        time = md.split("## Time (ms)")[1].split("##")[0]
+        assert "| 474.200 |" in time and "479.000" not in time
+        stages = md.split("## Pipeline stages")[1].split("##")[0]
+        assert stages.index("| fast     | seed       |       40 |") < stages.index(
+            "| fast     | quick      |        4 |"
+        )
+
+
 def speedup_rows(fast_uvit_ms: float = 10.0) -> list[dict]:
     """Component benchmarks of two recipes, as pytest-benchmark's JSON gives them to load_runs."""
     from engines.recipes import LADDER
