@@ -129,7 +129,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     bs = getattr(config, "_benchmarksession", None)
     if bs is None or not bs.json:
         return
-    # pytest-benchmark < 5.3 hands over an open file (argparse.FileType), later releases a Path
+    # pytest-benchmark < 5.3 hands over an open file (argparse.FileType), later versions a Path
     opened = hasattr(bs.json, "write")
     path = Path(bs.json.name if opened else bs.json)
     path.parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not create it

@@ -1,6 +1,6 @@
 """Model configurations: the one place that holds the numbers of each named size.
 
-`full` is UniDiffuser-v1 as released (../shared/SPEC.md sections 2 and 5); `tiny` keeps the topology, token layout
+`full` is UniDiffuser-v1 as published (../shared/SPEC.md sections 2 and 5); `tiny` keeps the topology, token layout
 and checkpoint key names with small widths so that a whole 50-step image takes seconds on a CPU.
 """
 

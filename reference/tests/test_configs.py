@@ -20,19 +20,19 @@ def full_on_meta():
         return cfg, UViT(cfg.uvit), AutoencoderDecoder(cfg.autoencoder), TextEncoder.from_config(cfg.clip, text_dim=64)
 
 
-def test_uvit_full_size_matches_release(full_on_meta):
+def test_uvit_full_size_matches_the_checkpoint(full_on_meta):
     _, uvit, _, _ = full_on_meta
     assert count(uvit) == 952_509_520
     assert len(uvit.state_dict()) == 418
 
 
-def test_vae_decoder_full_size_matches_release(full_on_meta):
+def test_vae_decoder_full_size_matches_the_checkpoint(full_on_meta):
     _, _, decoder, _ = full_on_meta
     assert count(decoder.decoder) == 49_490_179
     assert count(decoder.post_quant_conv) == 4 * 4 + 4
 
 
-def test_clip_text_full_size_matches_release(full_on_meta):
+def test_clip_text_full_size_matches_the_checkpoint(full_on_meta):
     _, _, _, text = full_on_meta
     assert count(text.clip) == 123_060_480
     assert tuple(text.encode_prefix.weight.shape) == (64, 768)

@@ -90,7 +90,7 @@ class Built:
 
 
 @pytest.fixture(autouse=True)
-def _release_memory():
+def _free_after_each_case():
     """Each case copies the full-size model (the faulty engine, the faulty fp64 oracle): free them before the next
     rather than when the collector gets round to it."""
     yield
