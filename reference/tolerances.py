@@ -86,17 +86,17 @@ def caps(component: str, precision: str, marks: list[str]) -> dict[str, float]:
     return {mark: rule_for(component, precision, mark).cap for mark in marks}
 
 
-# Image verdicts (bench/quality.py): a recipe's images over the 40 (prompt, seed) pairs of the original protocol
-# against the strict-fp32 reference's. PD's limits come from the contest (SPEC section 7): an image above 12 failed,
-# and the seed's accepted fp16 engine averaged 6.883 with real weights, so a mean limit must sit above that. The
-# others from the clean engines' spread measured so far (H100, upstream-init weights, reports/data/
-# quality-h100-seed.json): the fast fp16 recipe at PSNR >= 59.1 dB, SSIM 0.9999, latents 0.0016; the fast-fp8 one,
-# the least exact recipe that is correct, at PSNR 32.6-33.5 dB, SSIM 0.986-0.988, latents 0.111-0.118. The limits
-# leave it a margin (7 dB, SSIM 0.19, latents 2x) and fail an engine whose images are a different picture (PSNR
-# 25 dB is a mean pixel error of about 10 of 255). Measured since at the trained-like weights (H200, reports/pd.md):
-# the fast fp16 recipe at PSNR >= 37.6 dB, SSIM 0.995, latents 0.066, PD <= 2.0; fast-fp8 at PD <= 7.7 but PSNR
-# 22.3 dB and latents 0.42, failing. The limits stay as argued before that run: loosened after a failure, they
-# would be fitted to pass it. The fp16 clean spread is far inside them; only the fp8 recipe's approximation is not.
+# Image verdicts (bench/quality.py): a recipe's images over the 40 (prompt, seed) pairs of the original protocol against
+# the strict-fp32 reference's. PD's limits come from the contest (SPEC section 7): an image above 12 failed, and the
+# seed's accepted fp16 engine averaged 6.883 with real weights, so a mean limit must sit above that. The others from the
+# clean engines' spread measured so far (H100, upstream-init weights, quality-h100-seed.json, in the history before the
+# H200 snapshot): the fast fp16 recipe at PSNR >= 59.1 dB, SSIM 0.9999, latents 0.0016; the fast-fp8 one, the least
+# exact recipe that is correct, at PSNR 32.6-33.5 dB, SSIM 0.986-0.988, latents 0.111-0.118. The limits leave it a
+# margin (7 dB, SSIM 0.19, latents 2x) and fail an engine whose images are a different picture (PSNR 25 dB is a mean
+# pixel error of about 10 of 255). Measured since at the trained-like weights (H200, reports/pd.md): the fast fp16
+# recipe at PSNR >= 37.6 dB, SSIM 0.995, latents 0.066, PD <= 2.0; fast-fp8 at PD <= 7.7 but PSNR 22.3 dB and latents
+# 0.42, failing. The limits stay as argued before that run: loosened after a failure, they would be fitted to pass it.
+# The fp16 clean spread is far inside them; only the fp8 recipe's approximation is not.
 #   metric                 aggregate over the images  passes when
 IMAGE_THRESHOLDS: dict[str, tuple[str, str, float]] = {
     "pd": ("max", "<=", 12.0),  # the contest's rule, image by image
