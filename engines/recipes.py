@@ -77,6 +77,13 @@ def recipe(name: str) -> Recipe:
     return by_name[name]
 
 
+def ladder_position(name: str) -> int:
+    """Where a recipe's column stands in the speed-up table; any other name after all of them. Reports list recipes
+    in this order, whatever order their inputs came in."""
+    names = [r.name for r in LADDER]
+    return names.index(name) if name in names else len(names)
+
+
 def engine_specs() -> list[EngineSpec]:
     """Every engine of the ladder's recipes, once each, in ladder order: what the accuracy suite judges with
     `--engine-set ladder` (under a recipe's `loop`, the U-ViT step the loop runs)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from engines.recipes import LADDER
+from engines.recipes import ladder_position
 from reports.common import check_writable, env_header
 
 METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2"]
@@ -23,13 +23,9 @@ def label(comparison: dict) -> str:
 def in_ladder_order(comparisons: list[dict]) -> list[dict]:
     """The recipes in the speed-up table's order, then any other folder by name: the report does not depend on the
     order `bench quality` was given its candidates."""
-    names = [r.name for r in LADDER]
-
-    def key(c: dict) -> tuple[int, str]:
-        name = Path(c["candidate"]).name
-        return (names.index(name) if name in names else len(names), name)
-
-    return sorted(comparisons, key=key)
+    names = [Path(c["candidate"]).name for c in comparisons]
+    order = sorted(range(len(comparisons)), key=lambda i: (ladder_position(names[i]), names[i]))
+    return [comparisons[i] for i in order]
 
 
 def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:

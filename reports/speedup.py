@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from engines.recipes import BASELINE, LADDER
+from engines.recipes import BASELINE, LADDER, ladder_position
 from engines.spec import COMPONENTS
 from reports.common import check_writable, env_header
 
@@ -96,9 +96,9 @@ def pipeline_rows(df: pd.DataFrame) -> pd.DataFrame:
     if "recipe" not in df:
         return df.iloc[:0]
     pipes = df[df["group"] == "pipeline"]
-    rank = {r.name: i for i, r in enumerate(LADDER)}
-    order = pipes["recipe"].map(rank).fillna(len(rank)) * 2 + (pipes.get("protocol") != "seed")
-    return pipes.assign(_order=order).sort_values(["_order", "recipe"], kind="stable").drop(columns="_order")
+    keys = pd.DataFrame({"position": pipes["recipe"].map(ladder_position), "recipe": pipes["recipe"],
+                         "quick": pipes.get("protocol") != "seed"}, index=pipes.index)  # fmt: skip
+    return pipes.loc[keys.sort_values(list(keys), kind="stable").index]
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
