@@ -21,6 +21,7 @@ import torch
 from bench.matrix import AUTO, Matrix, device_from_config, matrix
 from engines import ALIASES, PRECISIONS, backends, unavailable
 from reference.configs import SIZES, ModelConfig
+from reference.dpm_solver import STEPS
 from reference.init import INITS
 
 
@@ -40,6 +41,13 @@ def _choices(kind: str, valid: list[str], *, aliases: dict[str, str] | None = No
     return parse
 
 
+def _steps(text: str) -> list[int]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.isdigit() and int(t) >= 1 for t in items):
+        raise argparse.ArgumentTypeError(f"expected step counts of at least 1, comma-separated, got {text!r}")
+    return list(dict.fromkeys(int(t) for t in items))
+
+
 def _existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -53,6 +61,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="model size: full on a GPU, tiny on a CPU. Default: %(default)r")  # fmt: skip
     g.addoption("--weights", metavar="DIR", default=None, type=_existing_dir,
                 help="official checkpoints; seeded random weights without. Default: %(default)r")  # fmt: skip
+    g.addoption("--memory-budget", metavar="GIB", default=None, type=float,
+                help="refuse a run estimated (bench/memory.py) to need more GiB than this. Default: what the device "
+                     "has free")  # fmt: skip
     g.addoption("--weights-seed", metavar="N", default=0, type=int,
                 help="seed of the random weights. Default: %(default)r")  # fmt: skip
     g.addoption("--init", metavar="NAME", default=INITS[0], choices=INITS,
@@ -89,6 +100,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-protocol", metavar="NAME", default="quick", choices=["quick", "seed"],
                 help="pipeline images: quick (prompt 0 again and again) or seed (5 warm-up images, then the 40 "
                      "prompts.tsv pairs, as the original work). Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-steps", metavar="LIST", default=[STEPS], type=_steps,
+                help="pipeline benchmarks: DPM-Solver++ model calls per image, comma-separated (e.g. 20,25,50); each "
+                     "count is a case of its own. Default: 50")  # fmt: skip
     g.addoption("--bench-limit", metavar="N", default=0, type=int,
                 help="seed protocol: time only the first N pairs of prompts.tsv (0: all 40). "
                      "Default: %(default)r")  # fmt: skip
@@ -165,6 +179,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             why = unavailable(spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph)
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before any model is built: refuse a run that will not fit (`pytest reference --size full` on a laptop is
+    killed at its memory's end, printing nothing)."""
+    judged = set()
+    for item in session.items:
+        if "references" in getattr(item, "fixturenames", ()):
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            spec = params.get("engine_spec")
+            judged |= {spec.component} if spec is not None else {params.get("component")}
+    if not judged or session.config.getoption("--collect-only"):
+        return
+    from bench.memory import GIB, check_fits, estimate
+
+    judged = ("clip", "uvit", "decoder") if None in judged else tuple(sorted(judged))
+    config, run = session.config, matrix(session.config)
+    budget = config.getoption("--memory-budget")
+    try:
+        check_fits(
+            estimate(ModelConfig.from_name(run.size), judged=judged), run.device,
+            what=f"the accuracy suite at size {run.size!r} judging {', '.join(judged)}",
+            budget=None if budget is None else int(budget * GIB),
+            fix="use --size tiny, a GPU, fewer components (-k decoder), or --memory-budget GIB to run anyway",
+        )  # fmt: skip
+    except MemoryError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 @pytest.fixture(scope="session")

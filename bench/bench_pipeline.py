@@ -1,8 +1,9 @@
 """`pytest bench --benchmark-only`: the whole pipeline (clip, 50 guided steps, decoder, uint8) per recipe.
 
 pytest-benchmark times each image with a synchronising clock (the wall time); CUDA events around every stage give
-the GPU time of clip, the 50 U-ViT steps and the decoder beside it, and NVTX ranges label them for Nsight Systems.
+the GPU time of clip, the U-ViT steps and the decoder beside it, and NVTX ranges label them for Nsight Systems.
 `--bench-protocol seed` is the original protocol: 5 warm-up images, then the 40 (prompt, seed) pairs.
+`--bench-steps 20,25,50` times each recipe at each step count, a case each.
 The images are saved (outside the timed region) for the image-quality report (`python -m bench quality`).
 """
 
@@ -19,6 +20,7 @@ from bench.flops import pipeline_flops
 from bench.ladder import LADDER, recipe_engines
 from bench.ladder import stages as pipeline_stages
 from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
+from reference.dpm_solver import STEPS, make_plan
 from reference.images import save_result
 from reference.pipeline import Pipeline
 from reference.prompts import Prompt, default_prompts_path, read_prompts
@@ -40,28 +42,17 @@ def image_plan(
         rows = read_prompts(path or default_prompts_path())
         timed = rows[:limit] if limit else rows  # the warm-up images come from the whole file, whatever the limit
         return rows[:seed_warmup] + timed, min(seed_warmup, len(rows)), len(timed)
-    first = (
-        read_prompts(default_prompts_path())[0]
-        if _has_prompts()
-        else Prompt(0, 29764, "A dog adventuring under the sea")
-    )
+    first = read_prompts(default_prompts_path())[0]
     return [first] * (warmup + rounds), warmup, rounds
-
-
-def _has_prompts() -> bool:
-    try:
-        default_prompts_path()
-    except FileNotFoundError:
-        return False
-    return True
 
 
 @pytest.mark.benchmark(timer=cuda_clock, group="pipeline", disable_gc=True)
 @pytest.mark.parametrize("recipe", LADDER, ids=[r.name for r in LADDER])
-def test_pipeline(benchmark, recipe, engine_for, models, device, rounds, pytestconfig):
-    engines = recipe_engines(recipe, engine_for)  # under recipe.loop, the U-ViT stage is the whole solver loop
+def test_pipeline(benchmark, recipe, steps, engine_for, models, device, rounds, pytestconfig):
+    # under recipe.loop, the U-ViT stage is the whole solver loop of `steps` calls
+    engines = recipe_engines(recipe, lambda c, b: engine_for(c, b, steps=steps))
     stages = {c: Events(e.output, device=device, label=f"{c} {e.name}") for c, e in engines.items()}
-    pipe = Pipeline(models, device, **pipeline_stages(recipe, stages))
+    pipe = Pipeline(models, device, plan=make_plan(steps=steps), **pipeline_stages(recipe, stages))
     asked = pytestconfig.getoption("--bench-warmup")  # the seed protocol warms up on 5 images unless told otherwise
     prompts, warmup, timed = image_plan(
         pytestconfig.getoption("--bench-protocol"), rounds=rounds["pipeline"], warmup=rounds["pipeline_warmup"],
@@ -98,12 +89,14 @@ def test_pipeline(benchmark, recipe, engine_for, models, device, rounds, pytestc
         images=timed, warmup_images=warmup, protocol=pytestconfig.getoption("--bench-protocol"),
         **{k: statistics.median(v) for k, v in per_image.items()},
         step_p50_ms=summary_ms(step_ms)["p50_ms"], step_p90_ms=summary_ms(step_ms)["p90_ms"],
-        wall_p50_ms=wall_s * 1e3, flops=pipeline_flops(models.config.name), peak_mib=peak_memory_mib(device),
+        wall_p50_ms=wall_s * 1e3, flops=pipeline_flops(models.config.name, calls=calls), steps=calls,
+        peak_mib=peak_memory_mib(device),
         engines={c: e.name for c, e in engines.items()},
         build_seconds={c: e.seconds for c, e in engines.items()},
         noise_order=pipe.noise_order, rounding=pipe.rounding, **clocks.summary(),
     )  # fmt: skip
-    _save(pytestconfig.getoption("--bench-images") / recipe.name, results[warmup:], benchmark.extra_info)
+    folder = recipe.name if steps == STEPS else f"{recipe.name}-{steps}steps"
+    _save(pytestconfig.getoption("--bench-images") / folder, results[warmup:], benchmark.extra_info)
     last = results[-1][1]
     assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
     assert last.latents.isfinite().all(), f"{recipe.name}: non-finite latents"

@@ -91,6 +91,8 @@ def build_times(
     weights: Path | None = None,
     weights_seed: int = 0,
     cache_dir: Path | None = None,
+    steps: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Build every engine of `recipe` (or `components` with one backend/precision) once; seconds and cache counts."""
     from torch._dynamo.utils import counters
@@ -116,10 +118,10 @@ def build_times(
     models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
     load_s = time.perf_counter() - t0
     counters.clear()
-    engines, bar = {}, tqdm(total=len(chosen.builds), desc="building engines")
+    engines, bar = {}, tqdm(total=len(chosen.builds), desc="building engines", disable=not progress)
 
     def get(component: str, build: EngineSpec):
-        engine = ladder.build(component, build, models)
+        engine = ladder.build(component, build, models, steps=steps)
         engines[component] = {"engine": engine.name, **{f"{k}_s": v for k, v in engine.seconds.items()}}
         bar.update()
         return engine
@@ -131,6 +133,7 @@ def build_times(
         torch.cuda.synchronize()
     return {
         "recipe": recipe or "-",
+        "steps": steps,
         "size": cfg.name,
         "device": str(dev),
         "weights": models.weights,

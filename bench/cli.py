@@ -1,9 +1,7 @@
-"""Command line: `python -m bench generate` (the main job), `references` (the 40 reference images), `quality`,
-`profile` (where one engine's GPU time goes), `ceilings` (the fastest kernels at the U-ViT step's shapes) and `build`
-(engine build seconds, fresh or with warm caches).
-
-argparse only builds the keyword arguments of `generate` and `references`, the functions tests call.
-"""
+"""UniDiffuser text-to-image, timed and verified: `generate` makes one image (the main job), `references` the images
+of the original evaluation's 40 (prompt, seed) pairs, `quality` compares image folders, `profile` shows where one
+engine's GPU time goes, `ceilings` times the fastest kernels at the U-ViT step's shapes and `build` an engine's build
+seconds. Without --weights the models have seeded random weights and the images are noise."""
 
 from __future__ import annotations
 
@@ -14,17 +12,20 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from bench import ladder
 from bench.environment import resolve
-from engines import PRECISIONS, BackendUnavailable, build_engine, check_backend
+from bench.memory import check_fits, estimate
+from engines import ALIASES, BACKENDS, PRECISIONS, BackendUnavailable, build_engine, check_backend
 from engines.components import COMPONENTS
 from engines.sampler import build_sampler, sampler_inputs
 from reference.checkpoints import load_models
 from reference.configs import SIZES
-from reference.images import check_free, write_images
+from reference.dpm_solver import STEPS, make_plan
+from reference.images import check_free, image_entry, save_result, write_images, write_manifest
 from reference.pipeline import NOISE_ORDERS, Pipeline
-from reference.prompts import Prompt, default_prompts_path, read_prompts
+from reference.prompts import MAX_SEED, Prompt, check_seed, default_prompts_path, read_prompts
 from reports.speedup import CEILINGS
 
 REFERENCE = "reference"  # the fp32 reference pipeline itself, not an engine
@@ -42,40 +43,69 @@ def make_pipeline(
     noise_order: str = "seed",
     rounding: str = "truncate",
     recipe: str | None = None,
+    steps: int = STEPS,
+    progress: bool = True,
 ) -> tuple[Pipeline, dict]:
     """The reference pipeline, or one whose clip, U-ViT step and decoder are engines of `backend`, or the engines of
-    a recipe (bench.ladder: e.g. `fast`)."""
+    a recipe (bench.ladder: e.g. `fast`); `steps` model calls of DPM-Solver++ per image."""
+    check_pipeline(backend=backend, precision=precision, cuda_graph=cuda_graph, recipe=recipe)
     cfg, dev = resolve(size, device)
-    models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
-    meta = {"size": cfg.name, "device": str(dev), "weights": models.weights, "backend": backend, "precision": precision}
+    plan = make_plan(steps=steps)
+    check_fits(estimate(cfg), dev, what=f"one {cfg.name}-size image", fix="use --size tiny or a GPU")
+    what = "random weights" if weights is None else f"weights from {weights}"
+    with tqdm(total=1, desc=f"{cfg.name} models, {what}", disable=not progress, leave=False) as bar:
+        models = load_models(cfg, weights=weights, seed=weights_seed).to(dev)
+        bar.update()
+    meta = {"size": cfg.name, "device": str(dev), "weights": models.weights, "backend": backend, "precision": precision,
+            "steps": plan.calls}  # fmt: skip
+    options = dict(noise_order=noise_order, rounding=rounding, plan=plan)
+    if backend == REFERENCE and recipe is None:
+        return Pipeline(models, dev, **options), meta
+    bar = tqdm(total=3, desc="building engines", disable=not progress, leave=False)
+
+    def built(component: str, engine_of) -> object:
+        bar.set_postfix_str(component)  # a compile or a CUDA-graph capture can take a minute: say which
+        engine = engine_of()
+        bar.update()
+        return engine
+
+    with bar:
+        if recipe is not None:
+            chosen = ladder.recipe(recipe)
+            engines = ladder.recipe_engines(
+                chosen, lambda c, b: built(c, lambda: ladder.build(c, b, models, steps=steps))
+            )
+            meta.update(backend=f"recipe {recipe}", precision="mixed")
+            stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
+        else:
+            spec = dict(backend=check_backend(backend), precision=precision, cuda_graph=cuda_graph)
+            engines = {c: built(c, lambda c=c: build_engine(c, models, **spec)) for c in ("clip", "uvit", "decoder")}
+            stages = {
+                "clip": engines["clip"].output,
+                "step": engines["uvit"].output,
+                "decoder": engines["decoder"].output,
+            }
+    meta.update(
+        engines={c: e.name for c, e in engines.items()}, build_seconds={c: e.seconds for c, e in engines.items()}
+    )
+    return Pipeline(models, dev, **options, **stages), meta
+
+
+def check_pipeline(*, backend: str, precision: str, cuda_graph: bool, recipe: str | None) -> None:
+    """Options that contradict each other, refused before anything is loaded."""
     if recipe is not None:
+        ladder.recipe(recipe)
         if backend != REFERENCE or precision != "fp32" or cuda_graph:
             raise ValueError("--recipe chooses every engine itself; leave --backend, --precision and --cuda-graph out")
-        chosen = ladder.recipe(recipe)
-        engines = ladder.recipe_engines(chosen, lambda c, b: ladder.build(c, b, models))
-        meta.update(backend=f"recipe {recipe}", precision="mixed", engines={c: e.name for c, e in engines.items()})
-        meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
-        stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
-        return Pipeline(models, dev, noise_order=noise_order, rounding=rounding, **stages), meta
-    if backend == REFERENCE:
+    elif backend == REFERENCE:
         if precision != "fp32" or cuda_graph:
             raise ValueError("the reference pipeline is strict fp32 without CUDA graphs; pick an engine backend")
-        return Pipeline(models, dev, noise_order=noise_order, rounding=rounding), meta
-    backend = check_backend(backend)
-    engines = {
-        c: build_engine(c, models, backend=backend, precision=precision, cuda_graph=cuda_graph)
-        for c in ("clip", "uvit", "decoder")
-    }
-    meta["build_seconds"] = {c: e.seconds for c, e in engines.items()}
-    pipe = Pipeline(
-        models, dev, noise_order=noise_order, rounding=rounding,
-        clip=engines["clip"].output, step=engines["uvit"].output, decoder=engines["decoder"].output,
-    )  # fmt: skip
-    return pipe, meta
+    else:
+        check_backend(backend)
 
 
 def _timed(pipe: Pipeline, prompt: str, seed: int) -> tuple[object, float]:
-    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(pipe.device)) if pipe.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     result = pipe(prompt, seed)
@@ -94,23 +124,27 @@ def generate(
     **pipeline_options,
 ) -> dict:
     """One image, timed: `warmup` untimed runs, then the median of `repeat` synchronised wall times."""
+    if warmup < 0 or repeat < 1:
+        raise ValueError(f"--warmup must be at least 0 and --repeat at least 1; got {warmup} and {repeat}")
+    check_seed(seed)
     cfg, _ = resolve(pipeline_options.get("size", "auto"), pipeline_options.get("device", "auto"))
     o = pipeline_options
     what = f"recipe-{o['recipe']}" if o.get("recipe") else f"{o.get('backend', REFERENCE)}-{o.get('precision', 'fp32')}"
     folder = Path(out) / f"{cfg.name}-{what}"
-    check_free(folder, [Prompt(0, seed, prompt)], overwrite=overwrite)
+    image = Prompt(0, seed, prompt)
+    check_free(folder, [image], overwrite=overwrite)  # before any work: a refusal costs nothing
     pipe, meta = make_pipeline(**pipeline_options)
-    for _ in range(warmup):
-        pipe(prompt, seed)
     times = []
-    for _ in range(max(repeat, 1)):
+    runs = tqdm(range(warmup + repeat), desc=f"images ({warmup} warm-up, {repeat} timed)",
+                disable=not o.get("progress", True), leave=False)  # fmt: skip
+    for i in runs:
         result, seconds = _timed(pipe, prompt, seed)
-        times.append(seconds)
+        times += [seconds] if i >= warmup else []
     result.check_finite()  # a NaN is a verdict: exit naming the stage, with nothing written
     meta = {**meta, "seconds_per_image": times, "median_seconds": statistics.median(times)}
-    write_images(
-        lambda p, s: result, [Prompt(0, seed, prompt)], folder, metadata=meta, overwrite=overwrite, progress=False
-    )
+    folder.mkdir(parents=True, exist_ok=True)
+    png = save_result(folder, image, result)
+    write_manifest(folder, meta, result, [image_entry(image, png, meta["median_seconds"])], {})
     meta["folder"] = str(folder)
     return meta
 
@@ -123,12 +157,15 @@ def references(
     overwrite: bool = False,
     **pipeline_options,
 ) -> Path:
-    """The images of every (prompt, seed) of prompts.tsv, or of the first `limit`, with a progress bar."""
+    """The images of every (prompt, seed) of the shipped prompts.tsv (or `prompts`), or of the first `limit`."""
+    if limit < 0:
+        raise ValueError(f"--limit must be 0 (all) or more; got {limit}")
     rows = read_prompts(prompts or default_prompts_path())
     rows = rows[:limit] if limit else rows
     check_free(Path(out), rows, overwrite=overwrite)
     pipe, meta = make_pipeline(**pipeline_options)
-    return write_images(pipe, rows, Path(out), metadata=meta, overwrite=overwrite)
+    progress = pipeline_options.get("progress", True)
+    return write_images(pipe, rows, Path(out), metadata=meta, overwrite=overwrite, progress=progress)
 
 
 def quality(
@@ -254,57 +291,77 @@ def profile_engine(
     return out
 
 
+def _whole(low: int, high: int | None = None):
+    """An argparse `type=` for a whole number in [low, high]; argparse names the option in the error."""
+
+    def parse(text: str) -> int:
+        what = f"from {low} to {'2**63-1' if high == MAX_SEED else high}" if high is not None else f"of at least {low}"
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected a whole number {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (a GPU's index), got {text!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--size", default="auto", choices=["auto", *SIZES], help="Default: %(default)r (full on a GPU, tiny on a CPU)"
-    )
-    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
-    common.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="official checkpoints; random weights without. Default: %(default)r",
-    )
-    common.add_argument(
-        "--weights-seed", type=int, default=0, metavar="N", help="seed of the random weights. Default: %(default)r"
-    )
-    common.add_argument(
-        "--backend",
-        default=REFERENCE,
-        metavar="NAME",
-        help="'reference' or an engine backend (eager, autocast, inductor). Default: %(default)r",
-    )
-    common.add_argument(
-        "--precision", default="fp32", choices=[p for p in PRECISIONS if p != "fp64"], help="Default: %(default)r"
-    )
+    common.add_argument("--size", default="auto", choices=["auto", *SIZES],
+                        help="model size; auto is full (512x512) on a GPU and tiny on a CPU. "
+                             "Default: %(default)s")  # fmt: skip
+    common.add_argument("--device", default="auto", type=_device, metavar="{auto,cpu,cuda,cuda:N}",
+                        help="auto is the first GPU when there is one. Default: %(default)s")  # fmt: skip
+    common.add_argument("--weights", type=Path, default=None, metavar="DIR",
+                        help="folder of the official checkpoints (README, Weights). Default: seeded random weights, "
+                             "which make noise images")  # fmt: skip
+    common.add_argument("--weights-seed", type=_whole(0, MAX_SEED), default=0, metavar="N",
+                        help="seed of the random weights. Default: %(default)s")  # fmt: skip
+    aliases = ", ".join(f"{k}={v}" for k, v in ALIASES.items())
+    common.add_argument("--backend", default=REFERENCE, metavar="NAME",
+                        help=f"{REFERENCE} (strict fp32 PyTorch) or an engine backend: {', '.join(BACKENDS)} "
+                             f"(aliases {aliases}). Default: %(default)s")  # fmt: skip
+    common.add_argument("--precision", default="fp32", choices=[p for p in PRECISIONS if p != "fp64"],
+                        help="engines' precision (fp8: the U-ViT's block linears). Default: %(default)s")  # fmt: skip
     common.add_argument("--cuda-graph", action="store_true", help="capture each engine in a CUDA graph. Default: off")
-    common.add_argument(
-        "--recipe",
-        default=None,
-        choices=[r.name for r in ladder.LADDER],
-        help="every engine from this column of the speed-up table instead of --backend/--precision. Default: none",
-    )
-    common.add_argument(
-        "--noise-order", default="seed", choices=NOISE_ORDERS, help="random draw order (SPEC 1.3). Default: %(default)r"
-    )
-    common.add_argument(
-        "--rounding", default="truncate", choices=["truncate", "round"], help="float -> uint8. Default: %(default)r"
-    )
+    common.add_argument("--recipe", default=None, choices=[r.name for r in ladder.LADDER],
+                        help="every engine from this recipe (engines/recipes.py), a column of the speed-up table, "
+                             "instead of --backend/--precision/--cuda-graph. Default: none")  # fmt: skip
+    common.add_argument("--steps", type=_whole(1), default=STEPS, metavar="N",
+                        help="DPM-Solver++ model calls per image (any N >= 1). Default: %(default)s")  # fmt: skip
+    common.add_argument("--noise-order", default="seed", choices=NOISE_ORDERS,
+                        help="order of the random draws: seed (the seed project's) or upstream (UniDiffuser's "
+                             "sample_multi_v1.py, one extra draw). Default: %(default)s")  # fmt: skip
+    common.add_argument("--rounding", default="truncate", choices=["truncate", "round"],
+                        help="pixels to uint8. Default: %(default)s")  # fmt: skip
     common.add_argument("--overwrite", action="store_true", help="replace existing images. Default: off")
+    common.add_argument("--quiet", dest="progress", action="store_false",
+                        help="no progress bars (they go to stderr). Default: shown")  # fmt: skip
     g = sub.add_parser("generate", parents=[common], help="one image, timed (the main job)")
     g.add_argument("--prompt", default="A dog adventuring under the sea", help="Default: %(default)r")
-    g.add_argument("--seed", type=int, default=29764, help="Default: %(default)r")
-    g.add_argument("--out", type=Path, default=Path("outputs"), help="Default: %(default)r")
-    g.add_argument("--warmup", type=int, default=1, help="untimed runs first. Default: %(default)r")
-    g.add_argument("--repeat", type=int, default=3, help="timed runs (median reported). Default: %(default)r")
-    r = sub.add_parser("references", parents=[common], help="the images of prompts.tsv, into a folder")
-    r.add_argument("--out", type=Path, required=True, help="folder for PNG, JPEG, latents and manifest.json")
-    r.add_argument("--prompts", type=Path, default=None, help="prompts.tsv (default: shared/ or ../shared/)")
-    r.add_argument("--limit", type=int, default=0, help="only the first N pairs (0: all). Default: %(default)r")
+    g.add_argument("--seed", type=_whole(0, MAX_SEED), default=29764, help="Default: %(default)s")
+    g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR",
+                   help="a folder <size>-<what> is made inside for the image. Default: %(default)s")  # fmt: skip
+    g.add_argument("--warmup", type=_whole(0), default=1, help="untimed runs first. Default: %(default)s")
+    g.add_argument("--repeat", type=_whole(1), default=3,
+                   help="timed runs (median reported). Default: %(default)s")  # fmt: skip
+    r = sub.add_parser("references", parents=[common], help="the images of the 40 evaluation prompts, into a folder")
+    r.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for PNG, JPEG, latents and manifest.json")  # fmt: skip
+    r.add_argument("--prompts", type=Path, default=None, metavar="TSV",
+                   help="index<TAB>seed<TAB>prompt rows. Default: the shipped reference/data/prompts.tsv")  # fmt: skip
+    r.add_argument("--limit", type=_whole(0), default=0,
+                   help="only the first N pairs (0: all). Default: %(default)s")  # fmt: skip
     q = sub.add_parser("quality", help="compare image folders against a reference folder (PD, PSNR, SSIM, ...)")
     q.add_argument("--reference", type=Path, required=True, help="folder of reference images (NN_SEED.png/.jpg)")
     q.add_argument("--candidates", type=Path, nargs="+", required=True, help="folders of images to score")
@@ -317,7 +374,8 @@ def _parser() -> argparse.ArgumentParser:
                         "JPEGs, as a GPU run returns them); several files of one run (same commit, GPU and reference "
                         "images) merge. Default: measured here from the PNGs")  # fmt: skip
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Default: %(default)r")
+    q.add_argument("--device", default="auto", type=_device, metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where the Inception network runs. Default: %(default)s")  # fmt: skip
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")
     b = sub.add_parser("build", parents=[common], help="build seconds of a recipe's engines (bench/build.py)")
     b.add_argument("--components", nargs="+", default=list(COMPONENTS), help="without --recipe. Default: all")
@@ -333,16 +391,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--precision", default=None, choices=list(PRECISIONS), help="Default: 'fp16'")
     f.add_argument("--cuda-graph", action="store_true", help="capture in a CUDA graph (sampler: the whole loop)")
     f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="engine option, repeatable")
-    f.add_argument("--size", default="auto", choices=["auto", *SIZES], help="Default: %(default)r")
+    f.add_argument("--size", default="auto", choices=["auto", *SIZES], help="Default: %(default)s")
     f.add_argument("--weights", type=Path, default=None, metavar="DIR", help="official checkpoints. Default: random")
-    f.add_argument("--weights-seed", type=int, default=0, metavar="N", help="Default: %(default)r")
-    f.add_argument("--repeat", type=int, default=10, help="calls timed and profiled. Default: %(default)r")
+    f.add_argument("--weights-seed", type=_whole(0, MAX_SEED), default=0, metavar="N",
+                   help="Default: %(default)s")  # fmt: skip
+    f.add_argument("--repeat", type=_whole(1), default=10,
+                   help="calls timed and profiled. Default: %(default)s")  # fmt: skip
     f.add_argument("--out", type=Path, default=None, help="Default: results/profile-<engine>.md")
     f.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     c = sub.add_parser(
         "ceilings", help="the fastest linears and attention at the U-ViT step's shapes (markdown report)"
     )
-    c.add_argument("--size", default="full", choices=list(SIZES), help="Default: %(default)r")
+    c.add_argument("--size", default="full", choices=list(SIZES), help="Default: %(default)s")
     c.add_argument("--out", type=Path, default=Path("results") / CEILINGS, help="Default: %(default)s")
     c.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     return p
@@ -362,7 +422,7 @@ def cli(argv: list[str] | None = None) -> None:
 
             print(f"wrote {write_report(**args)}")
         elif command == "build":
-            for irrelevant in ("noise_order", "rounding"):
+            for irrelevant in ("noise_order", "rounding"):  # the engines are built, not run
                 args.pop(irrelevant)
             print(json.dumps(build_times(**args), indent=1, default=str))
         elif command == "generate":
@@ -374,5 +434,5 @@ def cli(argv: list[str] | None = None) -> None:
             )
         else:
             print(f"wrote {references(**args)}")
-    except (ValueError, KeyError, OSError, BackendUnavailable) as e:  # the user's input, said plainly
+    except (ValueError, KeyError, OSError, MemoryError, BackendUnavailable) as e:  # the user's input, said plainly
         parser.exit(2, f"error: {e}\n")

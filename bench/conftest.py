@@ -9,6 +9,7 @@ from bench.ladder import build as ladder_build
 from bench.matrix import matrix
 from engines import BackendUnavailable, unavailable
 from engines.spec import COMPONENTS, EngineSpec
+from reference.dpm_solver import STEPS
 
 # The engines build on the CPU (the accuracy suite runs them there), but their CPU kernels are emulations whose times
 # mean nothing for the engine (and the tiny random-weight pipeline's latents grow until the seed's attention, forming
@@ -30,6 +31,9 @@ def _cases(config: pytest.Config) -> list[tuple[str, EngineSpec]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    steps = metafunc.config.getoption("--bench-steps")
+    if "steps" in metafunc.fixturenames and steps != [STEPS]:  # the 50-step cases keep their names
+        metafunc.parametrize("steps", steps, ids=[f"{n}steps" for n in steps])
     if "bench_case" in metafunc.fixturenames:
         cases = _cases(metafunc.config)
         metafunc.parametrize("bench_case", cases, ids=[b.id for _, b in cases])
@@ -50,17 +54,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 break
 
 
+@pytest.fixture
+def steps() -> int:
+    """DPM-Solver++ model calls per image of a pipeline benchmark: 50, unless --bench-steps parametrizes it."""
+    return STEPS
+
+
 @pytest.fixture(scope="session")
 def engine_for(models):
     """(component, EngineSpec) -> Engine, built once per session and shared by component and pipeline benchmarks.
-    Component "sampler" is the whole solver loop around the U-ViT step that `build` describes (engines.sampler)."""
+    Component "sampler" is the whole solver loop of `steps` calls around the U-ViT step that `build` describes
+    (engines.sampler)."""
     cache = {}
 
-    def get(component: str, build: EngineSpec):
-        key = (component, build)
+    def get(component: str, build: EngineSpec, steps: int = STEPS):
+        key = (component, build, steps if component == "sampler" else None)
         if key not in cache:
             try:
-                cache[key] = ladder_build(component, build, models)
+                cache[key] = ladder_build(component, build, models, steps=steps)
             except BackendUnavailable as e:
                 pytest.skip(str(e))
         return cache[key]

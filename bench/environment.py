@@ -65,10 +65,20 @@ def environment(*, weights: str, size: str) -> dict[str, str]:
     }
 
 
+def gpus(count: int) -> str:
+    return "1 CUDA device, cuda:0" if count == 1 else f"{count} CUDA devices, cuda:0 to cuda:{count - 1}"
+
+
 def resolve(size: str, device: str) -> tuple[ModelConfig, torch.device]:
-    """`auto`: the full size on a GPU, the tiny one (same architecture) on a CPU."""
+    """`auto`: the full size on a GPU, the tiny one (same architecture) on a CPU; `cuda:N` picks a GPU."""
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu")
+        if (dev.index or 0) >= count:
+            raise ValueError(f"device {device!r} asked for, but torch sees {gpus(count)}; pick one of them")
+        if dev.index is not None:
+            torch.cuda.set_device(dev)  # CUDA graphs, streams and synchronize() follow the current device
     name = ("full" if dev.type == "cuda" else "tiny") if size == "auto" else size
     return ModelConfig.from_name(name), dev

@@ -10,13 +10,16 @@ from engines.spec import EngineSpec
 __all__ = ["BASELINE", "LADDER", "Recipe", "build", "recipe", "recipe_engines", "stages"]
 
 
-def build(component: str, spec: EngineSpec, models) -> object:
-    """The engine `spec` describes; "sampler" is the whole solver loop around that U-ViT step."""
+def build(component: str, spec: EngineSpec, models, *, steps: int | None = None) -> object:
+    """The engine `spec` describes; "sampler" is the whole solver loop of `steps` calls (default: the reference's 50)
+    around that U-ViT step."""
     from engines import build_engine
     from engines.sampler import build_sampler
+    from reference.dpm_solver import make_plan
 
     if component == "sampler":
-        return build_sampler(models, **spec.kwargs())
+        plan = make_plan() if steps is None else make_plan(steps=steps)
+        return build_sampler(models, plan=plan, **spec.kwargs())
     return build_engine(component, models, **spec.kwargs())
 
 

@@ -12,6 +12,7 @@ engine was built for, so the comparator treats this engine like any other.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -95,13 +96,20 @@ def export(module: nn.Module, example_inputs: dict[str, Tensor], path: Path) -> 
     with torch.no_grad():
         names = list(module(**example_inputs))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on torchvision ops we do not use
-        program = torch.onnx.export(
-            module, (), kwargs=example_inputs, dynamo=True, opset_version=OPSET,
-            input_names=list(example_inputs), output_names=names, verbose=False,
-        )  # fmt: skip
-        program.save(str(path), external_data=True)
+    # the exporter logs a line per torchvision op it skips (torchvision is not installed, nor needed): 12 per export
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on the same ops, as warnings
+            program = torch.onnx.export(
+                module, (), kwargs=example_inputs, dynamo=True, opset_version=OPSET,
+                input_names=list(example_inputs), output_names=names, verbose=False,
+            )  # fmt: skip
+            program.save(str(path), external_data=True)
+    finally:
+        registry.setLevel(level)
     return path, names
 
 

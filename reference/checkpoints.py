@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +68,24 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """torch.load with weights_only=True and mmap, every failure turned into one error that names the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; a weights folder holds {list(LAYOUT)} and {CLIP_DIR}/")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6; mmap reads no other
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint: torch.save writes a zip archive and this file is not one (a text or "
+            "safetensors file, a legacy pickle, or a truncated download); use the official .pth file"
+        )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+    except pickle.UnpicklingError as e:  # weights_only refuses every global it does not allow: code, custom classes
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise CheckpointError(
+            f"{path}: holds pickled Python objects{f' ({found[1]})' if found else ''} besides tensors; checkpoints are "
+            "read as tensors only and their code is never run: re-save it as a plain state dict "
+            "(torch.save(model.state_dict(), path))"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or holds code): {first_line}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt): {first_line}"
         ) from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
         raise CheckpointError(f"{path}: expected a state dict (str -> Tensor), found {type(sd).__name__}")

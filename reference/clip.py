@@ -51,6 +51,21 @@ def load_tokenizer(clip_dir: Path | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges))
 
 
+class PromptTruncated(UserWarning):
+    """A prompt longer than CLIP's context: the model reads its first tokens only."""
+
+
+def truncation(tokenizer: CLIPTokenizer, prompt: str, *, max_tokens: int = 77) -> str | None:
+    """None when CLIP reads all of `prompt`; else a sentence with its token count and the text CLIP does not read."""
+    ids = tokenizer(prompt, truncation=False, verbose=False)["input_ids"]  # BOS, the prompt's tokens, EOS
+    if len(ids) <= max_tokens:
+        return None
+    dropped = tokenizer.decode(ids[max_tokens - 1 : -1]).strip()
+    shown = dropped if len(dropped) <= 80 else dropped[:77] + "..."
+    return (f"the prompt is {len(ids)} tokens with its start and end tokens and CLIP reads {max_tokens}: the last "
+            f"{len(ids) - max_tokens} are dropped ({shown!r})")  # fmt: skip
+
+
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str], *, max_tokens: int = 77) -> Tensor:
     """(B,) prompts -> (B, 77) ids: BOS ... EOS then EOS as padding, truncated to 77 (no attention mask is used)."""
     enc = tokenizer(prompts, truncation=True, max_length=max_tokens, padding="max_length", return_tensors="pt")

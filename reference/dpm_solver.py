@@ -1,9 +1,9 @@
 """Noise schedule and singlestep DPM-Solver++ ("fast", time_uniform), as UniDiffuser samples (SPEC section 4).
 
-The solver is split in two: `make_plan` computes every scalar of the 50-call schedule once, in fp32 on the CPU with
-upstream's order of operations (thu-ml/unidiffuser dpm_solver_pp.py, `DPM_Solver.sample(method='fast')`), and
-`sample` runs the loop with those scalars. The loop therefore never reads a device value back to the host, so a
-whole-loop CUDA graph is possible.
+The solver is split in two: `make_plan` computes every scalar of the schedule (50 calls by default, any count of at
+least 1) once, in fp32 on the CPU with upstream's order of operations (thu-ml/unidiffuser dpm_solver_pp.py,
+`DPM_Solver.sample(method='fast')`), and `sample` runs the loop with those scalars. The loop therefore never reads a
+device value back to the host, so a whole-loop CUDA graph is possible.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 N_TRAIN = 1000  # discrete training steps; the network sees t_model = 1000 * t
+STEPS = 50  # configs/sample_unidiffuser_v1.py: sample.sample_steps, the model calls of one image
 
 
 def sd_betas(n: int = N_TRAIN, start: float = 0.00085, end: float = 0.012) -> Tensor:
@@ -54,25 +55,33 @@ class NoiseScheduleVP:
         return interp(log_alpha.reshape(-1), self.log_alpha.flip(0), self.t.flip(0))
 
 
+def check_steps(steps: object) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number of model calls, at least 1; got {steps!r}")
+    return steps
+
+
 def fast_orders(steps: int) -> list[int]:
-    """DPM-Solver-fast with order 3: 50 calls -> [3] * 16 + [2]."""
-    K = steps // 3 + 1
+    """DPM-Solver-fast with order 3: 50 calls -> [3] * 16 + [2]; upstream's last update is of order 1 or 2 where
+    `steps` is not 2 more than a multiple of 3 (25 calls -> [3] * 8 + [1], 3 -> [2, 1], 1 -> [1])."""
+    K = check_steps(steps) // 3 + 1
     return {0: [3] * (K - 2) + [2, 1], 1: [3] * (K - 1) + [1], 2: [3] * (K - 1) + [2]}[steps % 3]
 
 
 @dataclass(frozen=True)
 class Update:
-    """One singlestep update of order 2 or 3; each coefficient is an exact fp32 value held as a Python float.
+    """One singlestep update of order 1, 2 or 3; each coefficient is an exact fp32 value held as a Python float.
 
     x1 = a1 x - b1 D_s;  x2 = a2 x - b2 D_s + c2 (D_1 - D_s);  x_t = a x - b D_s + c (D_last - D_s)
+    Order 1 (DPM-Solver++'s first-order update) is x_t = a x - b D_s alone.
     """
 
     order: int
-    a1: float
-    b1: float
     a: float
     b: float
-    c: float
+    c: float = 0.0
+    a1: float = 0.0
+    b1: float = 0.0
     a2: float = 0.0
     b2: float = 0.0
     c2: float = 0.0
@@ -91,10 +100,10 @@ class Plan:
 
 
 def make_plan(
-    *, steps: int = 50, t_start: float = 1.0, t_end: float = 1.0 / N_TRAIN, betas: Tensor | None = None
+    *, steps: int = STEPS, t_start: float = 1.0, t_end: float = 1.0 / N_TRAIN, betas: Tensor | None = None
 ) -> Plan:
     ns = NoiseScheduleVP(sd_betas() if betas is None else betas)
-    ts = torch.linspace(t_start, t_end, steps + 1)  # (51,) time_uniform grid
+    ts = torch.linspace(t_start, t_end, check_steps(steps) + 1)  # (steps + 1,) time_uniform grid
     f = lambda v: float(v.reshape(()))  # noqa: E731  exact: an fp32 value is a double
     updates, call_t = [], []
     i = 0
@@ -102,11 +111,17 @@ def make_plan(
         s, t = ts[i : i + 1], ts[i + order : i + order + 1]
         lam_s, lam_t = ns.lambda_(s), ns.lambda_(t)
         h = lam_t - lam_s
+        sig_s, sig_t, al_t = ns.sigma(s), ns.sigma(t), torch.exp(ns.log_alpha_at(t))
+        phi_1 = torch.expm1(-h)
+        if order == 1:
+            updates.append(Update(order=1, a=f(sig_t / sig_s), b=f(al_t * phi_1)))
+            call_t.append(s)
+            i += 1
+            continue
         r1 = (ns.lambda_(ts[i + 1 : i + 2]) - lam_s) / h
         s1 = ns.inverse_lambda(lam_s + r1 * h)
-        sig_s, sig_s1, sig_t = ns.sigma(s), ns.sigma(s1), ns.sigma(t)
-        al_s1, al_t = torch.exp(ns.log_alpha_at(s1)), torch.exp(ns.log_alpha_at(t))
-        phi_11, phi_1 = torch.expm1(-r1 * h), torch.expm1(-h)
+        sig_s1, al_s1 = ns.sigma(s1), torch.exp(ns.log_alpha_at(s1))
+        phi_11 = torch.expm1(-r1 * h)
         common = dict(order=order, a1=f(sig_s1 / sig_s), b1=f(al_s1 * phi_11), a=f(sig_t / sig_s), b=f(al_t * phi_1))
         if order == 3:
             r2 = (ns.lambda_(ts[i + 2 : i + 3]) - lam_s) / h
@@ -123,11 +138,9 @@ def make_plan(
                 c2=f(r2 / r1 * (al_s2 * phi_22)),
             )
             call_t += [s, s1, s2]
-        elif order == 2:
+        else:
             u = Update(**common, c=-f((0.5 / r1) * (al_t * phi_1)))  # upstream subtracts this term
             call_t += [s, s1]
-        else:
-            raise ValueError(f"order {order} is not used by a {steps}-call plan; choose steps with steps % 3 == 2")
         updates.append(u)
         i += order
     t = torch.cat(call_t)  # (calls,)
@@ -142,6 +155,9 @@ def sample(data_prediction: DataPrediction, x: Tensor, plan: Plan) -> Tensor:
     k = 0
     for u in plan.updates:
         d_s = data_prediction(x, k)
+        if u.order == 1:
+            x, k = u.a * x - u.b * d_s, k + 1
+            continue
         x1 = u.a1 * x - u.b1 * d_s
         d_last = data_prediction(x1, k + 1)
         if u.order == 3:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,13 +28,31 @@ def outputs_for(folder: Path, p: Prompt) -> list[Path]:
 
 
 def check_free(folder: Path, prompts: Sequence[Prompt], *, overwrite: bool) -> None:
-    """Refuse, before any work, to replace files a previous run wrote, unless asked."""
-    targets = [p for pr in prompts for p in outputs_for(Path(folder), pr)] + [Path(folder) / "manifest.json"]
+    """Refuse, before any work, an output folder that cannot be written, two pairs that would write the same files,
+    and files a previous run wrote unless asked to replace them."""
+    folder = Path(folder)
+    check_writable_folder(folder)
+    stems = [image_stem(p) for p in prompts]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise ValueError(f"(index, seed) pairs given twice would write one image over the other: {twice}")
+    targets = [p for pr in prompts for p in outputs_for(folder, pr)] + [folder / "manifest.json"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{len(existing)} output files already exist (e.g. {existing[0]}); pass --overwrite to replace them"
         )
+
+
+def check_writable_folder(folder: Path) -> None:
+    """The folder, or the nearest part of its path that exists, is a folder this process may write into."""
+    here = Path(folder)
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise NotADirectoryError(f"output folder {folder}: {here} is a file, not a folder; choose another --out")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {folder}: {here} is not writable; choose another --out")
 
 
 def save_image(image: torch.Tensor, path: Path) -> None:
@@ -51,6 +70,17 @@ def save_result(folder: Path, p: Prompt, result) -> Path:
     save_image(result.image, jpg)
     torch.save(result.latents, latents)
     return png
+
+
+def image_entry(p: Prompt, png: Path, seconds: float) -> dict:
+    return {"index": p.index, "seed": p.seed, "prompt": p.prompt, "file": png.name, "seconds": seconds}
+
+
+def write_manifest(folder: Path, metadata: dict, result, entries: list[dict], refused: dict[str, str]) -> None:
+    """`manifest.json`: what made the images (`metadata`), how (noise order, rounding), each image and its seconds."""
+    meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries,
+            "nonfinite": refused}  # fmt: skip
+    (Path(folder) / "manifest.json").write_text(json.dumps(meta, indent=2))
 
 
 def write_images(
@@ -79,10 +109,8 @@ def write_images(
         except NonFiniteOutput as e:  # a verdict on this image: recorded, and the others still made
             refused[image_stem(p)] = str(e)
             continue
-        entries.append({"index": p.index, "seed": p.seed, "prompt": p.prompt, "file": png.name, "seconds": seconds})
-    meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries,
-            "nonfinite": refused}  # fmt: skip
-    (folder / "manifest.json").write_text(json.dumps(meta, indent=2))
+        entries.append(image_entry(p, png, seconds))
+    write_manifest(folder, metadata, result, entries, refused)
     if refused:
         first = next(iter(refused))
         raise NonFiniteOutput(f"{len(refused)} of {len(prompts)} images refused ({first}: {refused[first]}); "

@@ -11,6 +11,7 @@ or, instead of `step`, the whole solver loop (engines.sampler):
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from reference import dpm_solver
 from reference.autoencoder import to_uint8
 from reference.checkpoints import Models
-from reference.clip import load_tokenizer, tokenize
+from reference.clip import PromptTruncated, load_tokenizer, tokenize, truncation
 from reference.configs import UViTConfig
 from reference.uvit import UViT, upcast
 
@@ -166,6 +167,8 @@ class Pipeline:
 
     def _run(self, prompt: str, seed: int, *, progress: bool) -> Result:
         cfg = self.models.config.uvit
+        if note := truncation(self.tokenizer, prompt, max_tokens=cfg.num_text_tokens):
+            warnings.warn(note, PromptTruncated, stacklevel=4)  # the caller of __call__
         ids = tokenize(self.tokenizer, [prompt], max_tokens=cfg.num_text_tokens).to(self.device)  # (1, 77)
         text = self.clip(input_ids=ids)  # (1, 77, T)
         noise = draw_noise(cfg, seed, device=self.device, calls=self.plan.calls, order=self.noise_order)

@@ -8,7 +8,6 @@ test's outcome: a test that failed before it could add rows shows there alone).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +16,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.common import check_writable, env_header, sci  # noqa: E402
+from reports.common import ACCURACY_JSON, check_writable, env_header, read_result, sci  # noqa: E402
 
 PRECISION_ORDER = ["fp32", "fp16", "bf16", "fp8"]
 HEADROOM = 4.0  # a mark whose largest value is within this factor of its dtype's largest finite one is flagged
@@ -38,10 +37,18 @@ KEYS = {
 }
 
 
+def read_accuracy(path: Path) -> dict:
+    data = read_result(path, what=ACCURACY_JSON, keys=("env",))
+    bad = [k for k, v in data.items() if not isinstance(v, list if k != "env" else dict)]
+    if bad:
+        raise ValueError(f"{path}: {bad} should hold a list of rows (env an object); expected {ACCURACY_JSON}")
+    return data
+
+
 def chronological(paths: list[Path]) -> list[Path]:
     """The result files by the date their run recorded, then by name: the report is the same whatever order they are
     given in, and a later run's row replaces an earlier one's."""
-    dated = [(json.loads(Path(p).read_text())["env"].get("date", ""), Path(p).name, Path(p)) for p in paths]
+    dated = [(read_accuracy(p)["env"].get("date", ""), Path(p).name, Path(p)) for p in paths]
     return [p for _, _, p in sorted(dated)]
 
 
@@ -49,7 +56,7 @@ def load(paths: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Each table merged over the files (split runs, xdist workers), oldest first; the oldest run's env."""
     if not paths:
         raise ValueError("no accuracy result files given")
-    data = [json.loads(Path(p).read_text()) for p in chronological(paths)]
+    data = [read_accuracy(p) for p in chronological(paths)]
     names = {k for d in data for k in d if k != "env"}
     tables = {k: pd.DataFrame([row for d in data for row in d.get(k, [])]) for k in names}
     for k, key in KEYS.items():  # a run cut short and made again: its rows count once, the later run's
@@ -70,7 +77,7 @@ def runs(paths: list[Path]) -> pd.DataFrame:
     """Where each merged file came from: its date, commit and GPU, and how many engines it holds."""
     rows = []
     for p in chronological(paths):
-        data = json.loads(Path(p).read_text())
+        data = read_accuracy(p)
         env = data["env"]
         engines = len({r["engine"] for r in data.get("rows", [])})
         rows.append(

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
+
+# what each kind of result file is and where it comes from, for the errors that refuse one
+BENCHMARK_JSON = "pytest-benchmark JSON (`pytest bench --benchmark-only --benchmark-json FILE`)"
+ACCURACY_JSON = "an accuracy result (results/*-accuracy-*.json from `pytest reference`)"
+QUALITY_JSON = "an image-quality result (`python -m bench quality`, results/quality.json)"
+
+
+def read_result(path: Path, *, what: str, keys: tuple[str, ...]) -> dict:
+    """A result file's JSON object holding `keys`, or one error that names the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; expected {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ValueError(f"{path}: not valid JSON{where} (a run cut short?); expected {what}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}; expected {what}, an object")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"{path}: lacks {missing}; expected {what}")
+    return data
 
 
 def env_header(title: str, env: dict[str, str]) -> str:

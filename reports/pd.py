@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from engines.recipes import ladder_position
-from reports.common import check_writable, env_header
+from reports.common import QUALITY_JSON, check_writable, env_header, read_result
 
 METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2"]
 
@@ -108,7 +107,7 @@ def to_markdown(data: dict, images: list[str]) -> str:
 def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Path:
     if len(paths) != 1:
         raise ValueError("the image-quality report reads one results file from `python -m bench quality`")
-    data = json.loads(Path(paths[0]).read_text())
+    data = read_result(paths[0], what=QUALITY_JSON, keys=("env", "comparisons"))
     data["comparisons"] = in_ladder_order(data["comparisons"])
     out = check_writable(out, overwrite=overwrite)
     images = []

@@ -6,7 +6,6 @@ Numbers stay numeric until formatting; configuration lives in columns taken from
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -14,11 +13,12 @@ import pandas as pd
 
 from engines.recipes import BASELINE, LADDER, ladder_position
 from engines.spec import COMPONENTS
-from reports.common import check_writable, env_header
+from reports.common import BENCHMARK_JSON, QUALITY_JSON, check_writable, env_header, read_result
 
 # the columns the tables read, there (empty) where no benchmark wrote them: the seed's protocol times the pipeline alone
 READ = ("case", "component", "p50_ms", "precision", "tflops", "flops")
 CEILINGS = "ceilings-uvit.md"  # `python -m bench ceilings`, beside this report: linked from the U-ViT row
+STEPS = 50  # the model calls per image of the seed's table (reference.dpm_solver.STEPS, which imports torch)
 ROWS = {"clip": "clip + encode_prefix", "uvit": "uvit (one guided step)", "decoder": "decoder", "pipeline": "pipeline"}
 SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, ms
     "clip": (6.996, 6.936, 1.631),
@@ -28,6 +28,19 @@ SEED_A10 = {  # ../shared/SPEC.md section 8: the seed's table on an NVIDIA A10, 
 }
 
 
+def read_benchmarks(path: Path) -> dict:
+    """A pytest-benchmark file with at least one benchmark, each named and timed, or an error naming the file."""
+    data = read_result(path, what=BENCHMARK_JSON, keys=("benchmarks",))
+    benchmarks = data["benchmarks"]
+    if not isinstance(benchmarks, list) or not benchmarks:
+        raise ValueError(f"{path}: 'benchmarks' holds no benchmark (were they all skipped?); expected {BENCHMARK_JSON}")
+    for i, b in enumerate(benchmarks):
+        if not (isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("stats"), dict)
+                and isinstance(b["stats"].get("median"), (int, float))):  # fmt: skip
+            raise ValueError(f"{path}: benchmark {i} lacks a name or stats.median; expected {BENCHMARK_JSON}")
+    return data
+
+
 def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
     """One row per benchmark and protocol (merged over files, e.g. xdist workers or split runs; a name seen twice
     keeps the later file's, but a component engine timed in several files, each a build of its own, takes the median
@@ -35,7 +48,7 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
     whatever the order given: the same files give the same report."""
     if not paths:
         raise ValueError("no benchmark JSON files given")
-    loaded = [(Path(path), json.loads(Path(path).read_text())) for path in paths]
+    loaded = [(Path(path), read_benchmarks(path)) for path in paths]
     when = {p: str(environment_of(d.get("machine_info", {})).get("date", "")) for p, d in loaded}
     rows, machine, runs = [], None, []
     for path, data in sorted(loaded, key=lambda item: (when[item[0]], item[0].name, str(item[0]))):
@@ -90,14 +103,17 @@ def _component_ms(df: pd.DataFrame) -> dict[str, float]:
     return dict(zip(comp["case"], comp["p50_ms"], strict=True))
 
 
-def pipeline_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Pipeline benchmarks in the ladder's order, each recipe's seed-protocol run (the seed's own measure, 40 pairs)
-    before its quick one: the time table takes a recipe's first."""
+def pipeline_rows(df: pd.DataFrame, *, steps: int | None = STEPS) -> pd.DataFrame:
+    """Pipeline benchmarks at `steps` model calls per image (None: every count, most first) in the ladder's order,
+    each recipe's seed-protocol run (the seed's own measure, 40 pairs) before its quick one: the time table takes a
+    recipe's first 50-step row."""
     if "recipe" not in df:
         return df.iloc[:0]
     pipes = df[df["group"] == "pipeline"]
+    calls = pipes["steps"].fillna(STEPS) if "steps" in pipes else pd.Series(STEPS, index=pipes.index)
+    pipes, calls = (pipes, calls) if steps is None else (pipes[calls == steps], calls[calls == steps])
     keys = pd.DataFrame({"position": pipes["recipe"].map(ladder_position), "recipe": pipes["recipe"],
-                         "quick": pipes.get("protocol") != "seed"}, index=pipes.index)  # fmt: skip
+                         "steps": -calls, "quick": pipes.get("protocol") != "seed"}, index=pipes.index)  # fmt: skip
     return pipes.loc[keys.sort_values(list(keys), kind="stable").index]
 
 
@@ -269,8 +285,10 @@ def to_markdown(
     eff = pd.DataFrame({n: row.map(lambda v, s=n.endswith("share of peak"): cell(v, s)) for n, row in eff.iterrows()}).T
     seed = pd.DataFrame(SEED_A10, index=["PyTorch-FP32", "PyTorch-FP16 baseline", "TRT-FP16+CudaGraph"]).T
     seed.index = [ROWS[i] for i in seed.index]
-    pipes = pipeline_rows(df)
-    cols = ["protocol", "images", "clip_ms", "uvit_ms", "step_p50_ms", "decoder_ms", "wall_p50_ms", "peak_mib"]
+    pipes = pipeline_rows(df, steps=None)
+    other = "steps" in pipes and (pipes["steps"].fillna(STEPS) != STEPS).any()  # step counts besides the seed's 50
+    cols = ["protocol", *(["steps"] if other else []), "images", "clip_ms", "uvit_ms", "step_p50_ms", "decoder_ms",
+            "wall_p50_ms", "peak_mib"]  # fmt: skip
     stages = pipes.set_index("recipe").reindex(columns=cols) if len(pipes) else pd.DataFrame()
     parts = [
         env_header("Speed-up table: UniDiffuser t2i, batch 1", env),
@@ -364,7 +382,7 @@ def write_report(paths: list[Path], out: Path, *, overwrite: bool = False, quali
     from reports.profiles import index
 
     df, machine = load_runs(paths)
-    judged = json.loads(Path(quality).read_text()) if quality is not None else None
+    judged = read_result(quality, what=QUALITY_JSON, keys=("comparisons",)) if quality is not None else None
     out = check_writable(out, overwrite=overwrite)
     also = {"uvit": CEILINGS} if (out.parent / CEILINGS).exists() else {}
     env = environment_of(machine)

@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,35 @@ def test_fast_orders_for_50_calls():
     assert ds.fast_orders(50) == [3] * 16 + [2]
 
 
+@pytest.mark.parametrize(
+    "steps, orders", [(1, [1]), (2, [2]), (3, [2, 1]), (4, [3, 1]), (20, [3] * 6 + [2]), (25, [3] * 8 + [1])]
+)
+def test_fast_orders_take_any_step_count_as_upstream_does(steps, orders):
+    assert ds.fast_orders(steps) == orders
+    assert sum(orders) == steps == ds.make_plan(steps=steps).calls
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, "50"])
+def test_a_step_count_that_is_not_a_whole_number_from_1_is_refused(steps):
+    with pytest.raises(ValueError, match="steps must be a whole number of model calls, at least 1"):
+        ds.make_plan(steps=steps)
+
+
+def plan_digest(plan: ds.Plan) -> str:
+    h = hashlib.sha256()
+    for u in plan.updates:
+        h.update(repr([u.order, u.a1, u.b1, u.a, u.b, u.c, u.a2, u.b2, u.c2]).encode())
+    for t in (plan.t_model, plan.alpha, plan.sigma):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_50_step_plan_is_bit_for_bit_the_one_every_committed_result_was_made_with():
+    """Every coefficient and time of the 50-call plan, as computed before other step counts were supported (822abcd):
+    the reference's images and every report rest on these exact numbers."""
+    assert plan_digest(ds.make_plan()) == "460ecdb527f6bf4dfc9404bb828eaba82c0e1d073b12e8d8eadcdd0c66af10a3"
+
+
 def test_plan_model_times_are_the_50_grid_times():
     plan = ds.make_plan()
     assert plan.calls == 50
@@ -49,20 +80,26 @@ def test_plan_model_times_are_the_50_grid_times():
     assert plan.t_model[0] == 1000.0
 
 
-def test_sampler_matches_a_float64_transcription_of_the_formulas():
-    """Run the plan on a linear 'model' and check it against SPEC's formulas evaluated in float64."""
+@pytest.mark.parametrize("steps", [50, 25, 20, 4, 3, 2, 1])
+def test_sampler_matches_a_float64_transcription_of_the_formulas(steps):
+    """Run the plan on a linear 'model' and check it against SPEC's formulas evaluated in float64 (order 1:
+    DPM-Solver++'s first-order update, x_t = sigma_t / sigma_s x - alpha_t expm1(-h) D_s)."""
     ns = ds.NoiseScheduleVP(ds.sd_betas().double())
     ns.t = ns.t.double()
-    plan = ds.make_plan()
+    plan = ds.make_plan(steps=steps)
     x0 = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     data = lambda x, k: 0.3 * x + 0.1 * float(plan.t_model[k]) / 1000  # noqa: E731  any smooth D works
 
-    ts = torch.linspace(1.0, 0.001, 51, dtype=torch.float64)
+    ts = torch.linspace(1.0, 0.001, steps + 1, dtype=torch.float64)
     lam, sig, alp = ns.lambda_, ns.sigma, ns.alpha
     x, i, k = x0.clone(), 0, 0
-    for order in ds.fast_orders(50):
+    for order in ds.fast_orders(steps):
         s, t = ts[i : i + 1], ts[i + order : i + order + 1]
         h = lam(t) - lam(s)
+        if order == 1:
+            x = sig(t) / sig(s) * x - alp(t) * torch.expm1(-h) * data(x, k)
+            i, k = i + 1, k + 1
+            continue
         r1 = (lam(ts[i + 1 : i + 2]) - lam(s)) / h
         s1 = ns.inverse_lambda(lam(s) + r1 * h)
         d_s = data(x, k)
@@ -84,10 +121,11 @@ def test_sampler_matches_a_float64_transcription_of_the_formulas():
     torch.testing.assert_close(got.double(), x, rtol=1e-4, atol=1e-5)
 
 
-def test_sampler_calls_the_model_50_times_in_order():
+@pytest.mark.parametrize("steps", [50, 25, 1])
+def test_sampler_calls_the_model_once_per_step_in_order(steps):
     seen = []
-    ds.sample(lambda x, k: seen.append(k) or x, torch.zeros(1, 2), ds.make_plan())
-    assert seen == list(range(50))
+    ds.sample(lambda x, k: seen.append(k) or x, torch.zeros(1, 2), ds.make_plan(steps=steps))
+    assert seen == list(range(steps))
 
 
 def test_plan_coefficients_of_each_call_are_the_schedule_at_its_time(schedule):
