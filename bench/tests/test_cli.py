@@ -65,8 +65,9 @@ def test_bad_input_is_one_clear_line(bench, args, message):
         ("--precisions", "int4", "*unknown precision ?'int4'?; choose from*"),
         ("--size", "huge", "*unknown size ?'huge'?; choose from*"),
         ("--weights", "/nonexistent", "*weights folder '/nonexistent' does not exist*"),
+        ("--bench-steps", "20,0", "*expected step counts of at least 1, comma-separated, got '20,0'*"),
     ],
-    ids=["backends", "precisions", "size", "weights"],
+    ids=["backends", "precisions", "size", "weights", "bench-steps"],
 )
 def test_pytest_options_are_validated_at_parse_time(pytester, option, value, message):
     test_file = Path(__file__).with_name("test_flops.py")

@@ -100,6 +100,15 @@ def test_a_read_only_output_folder_is_refused_before_any_work(bench, tmp_path):
         locked.chmod(0o755)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_no_one_may_write_into_is_refused_before_any_work(bench):
+    """/proc/self takes no new files, not even from root (this test's stand-in for a read-only folder under CI)."""
+    out = "/proc/self/unidiffuser-out"
+    result = bench("generate", *TINY, "--out", out)
+    refused(result, f"error: output folder {out}/tiny-reference-fp32: /proc/self is not writable; choose another --out")
+    assert "models" not in result.stderr.str()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -279,6 +279,30 @@ def test_the_seed_protocol_and_the_quick_one_both_stay_and_the_table_takes_the_s
         )
 
 
+def test_other_step_counts_are_listed_apart_and_the_time_table_keeps_50(tmp_path):
+    """`--bench-steps 20,50`: the 20-step runs are faster, yet the seed's table is at 50 steps, and a recipe timed at 20
+    steps alone has no time there."""
+    import json
+
+    from reports.speedup import write_report
+
+    def pipeline(recipe: str, steps: int, wall: float) -> dict:
+        name = f"test_pipeline[{recipe}]" if steps == 50 else f"test_pipeline[{steps}steps-{recipe}]"
+        info = {"recipe": recipe, "protocol": "quick", "images": 3, "steps": steps, "wall_p50_ms": wall}
+        return {"name": name, "group": "pipeline", "stats": {"median": wall / 1e3}, "extra_info": info}
+
+    runs = [pipeline("fast", 50, 476.0), pipeline("fast", 20, 191.0), pipeline("fast-fp8", 20, 150.0)]
+    path = tmp_path / "bench-steps.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": runs}))
+    md = write_report([path], tmp_path / "speedup.md").read_text()
+    time = md.split("## Time (ms)")[1].split("##")[0]
+    assert "| 476.000 |" in time and "191.000" not in time and "150.000" not in time
+    stages = md.split("## Pipeline stages")[1].split("##")[0]
+    assert "| recipe   | protocol   |   steps |   images |" in stages
+    assert stages.index("| fast     | quick      |      50 |") < stages.index("| fast     | quick      |      20 |")
+    assert "| fast-fp8 | quick      |      20 |" in stages
+
+
 def speedup_rows(fast_uvit_ms: float = 10.0) -> list[dict]:
     """Component benchmarks of two recipes, as pytest-benchmark's JSON gives them to load_runs."""
     from engines.recipes import LADDER
