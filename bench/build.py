@@ -25,6 +25,7 @@ from bench import ladder
 from engines import check_backend
 from engines.components import COMPONENTS
 from engines.spec import EngineSpec
+from reference.dpm_solver import STEPS
 
 CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 PYCACHE = "pycache"  # Python's bytecode, under the cache folder
@@ -91,7 +92,7 @@ def build_times(
     weights: Path | None = None,
     weights_seed: int = 0,
     cache_dir: Path | None = None,
-    steps: int | None = None,
+    steps: int = STEPS,
     progress: bool = True,
 ) -> dict:
     """Build every engine of `recipe` (or `components` with one backend/precision) once; seconds and cache counts."""

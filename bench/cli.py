@@ -48,7 +48,7 @@ def make_pipeline(
 ) -> tuple[Pipeline, dict]:
     """The reference pipeline, or one whose clip, U-ViT step and decoder are engines of `backend`, or the engines of
     a recipe (bench.ladder: e.g. `fast`); `steps` model calls of DPM-Solver++ per image."""
-    check_pipeline(backend=backend, precision=precision, cuda_graph=cuda_graph, recipe=recipe)
+    backend = check_pipeline(backend=backend, precision=precision, cuda_graph=cuda_graph, recipe=recipe)
     cfg, dev = resolve(size, device)
     plan = make_plan(steps=steps)
     check_fits(estimate(cfg), dev, what=f"one {cfg.name}-size image", fix="use --size tiny or a GPU")
@@ -78,7 +78,7 @@ def make_pipeline(
             meta.update(backend=f"recipe {recipe}", precision="mixed")
             stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
         else:
-            spec = dict(backend=check_backend(backend), precision=precision, cuda_graph=cuda_graph)
+            spec = dict(backend=backend, precision=precision, cuda_graph=cuda_graph)
             engines = {c: built(c, lambda c=c: build_engine(c, models, **spec)) for c in ("clip", "uvit", "decoder")}
             stages = {
                 "clip": engines["clip"].output,
@@ -91,17 +91,18 @@ def make_pipeline(
     return Pipeline(models, dev, **options, **stages), meta
 
 
-def check_pipeline(*, backend: str, precision: str, cuda_graph: bool, recipe: str | None) -> None:
-    """Options that contradict each other, refused before anything is loaded."""
+def check_pipeline(*, backend: str, precision: str, cuda_graph: bool, recipe: str | None) -> str:
+    """The backend by its registered name; options that contradict each other refused before anything is loaded."""
     if recipe is not None:
         ladder.recipe(recipe)
         if backend != REFERENCE or precision != "fp32" or cuda_graph:
             raise ValueError("--recipe chooses every engine itself; leave --backend, --precision and --cuda-graph out")
-    elif backend == REFERENCE:
+        return backend
+    if backend == REFERENCE:
         if precision != "fp32" or cuda_graph:
             raise ValueError("the reference pipeline is strict fp32 without CUDA graphs; pick an engine backend")
-    else:
-        check_backend(backend)
+        return backend
+    return check_backend(backend)
 
 
 def _timed(pipe: Pipeline, prompt: str, seed: int) -> tuple[object, float]:

@@ -6,20 +6,18 @@ from collections.abc import Callable
 
 from engines.recipes import BASELINE, LADDER, Recipe, recipe
 from engines.spec import EngineSpec
+from reference.dpm_solver import STEPS, make_plan
 
 __all__ = ["BASELINE", "LADDER", "Recipe", "build", "recipe", "recipe_engines", "stages"]
 
 
-def build(component: str, spec: EngineSpec, models, *, steps: int | None = None) -> object:
-    """The engine `spec` describes; "sampler" is the whole solver loop of `steps` calls (default: the reference's 50)
-    around that U-ViT step."""
+def build(component: str, spec: EngineSpec, models, *, steps: int = STEPS) -> object:
+    """The engine `spec` describes; "sampler" is the whole solver loop of `steps` calls around that U-ViT step."""
     from engines import build_engine
     from engines.sampler import build_sampler
-    from reference.dpm_solver import make_plan
 
     if component == "sampler":
-        plan = make_plan() if steps is None else make_plan(steps=steps)
-        return build_sampler(models, plan=plan, **spec.kwargs())
+        return build_sampler(models, plan=make_plan(steps=steps), **spec.kwargs())
     return build_engine(component, models, **spec.kwargs())
 
 
