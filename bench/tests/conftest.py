@@ -1,0 +1,16 @@
+"""The command-line tests run `python -m bench` (or `reports`, or `pytest`) in a fresh folder: the subprocess finds
+this checkout's packages whether or not it was pip-installed (the GPU machine runs a copy of the tree as it is)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _this_checkout_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
