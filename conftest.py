@@ -41,11 +41,16 @@ def _choices(kind: str, valid: list[str], *, aliases: dict[str, str] | None = No
     return parse
 
 
-def _steps(text: str) -> list[int]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or not all(t.isdigit() and int(t) >= 1 for t in items):
-        raise argparse.ArgumentTypeError(f"expected step counts of at least 1, comma-separated, got {text!r}")
-    return list(dict.fromkeys(int(t) for t in items))
+def _counts(kind: str):
+    """A `type=` for comma-separated whole numbers of at least 1, each kept once, in the order given."""
+
+    def parse(text: str) -> list[int]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items or not all(t.isdigit() and int(t) >= 1 for t in items):
+            raise argparse.ArgumentTypeError(f"expected {kind} of at least 1, comma-separated, got {text!r}")
+        return list(dict.fromkeys(int(t) for t in items))
+
+    return parse
 
 
 def _existing_dir(text: str) -> Path:
@@ -100,9 +105,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-protocol", metavar="NAME", default="quick", choices=["quick", "seed"],
                 help="pipeline images: quick (prompt 0 again and again) or seed (5 warm-up images, then the 40 "
                      "prompts.tsv pairs, as the original work). Default: %(default)r")  # fmt: skip
-    g.addoption("--bench-steps", metavar="LIST", default=[STEPS], type=_steps,
+    g.addoption("--bench-steps", metavar="LIST", default=[STEPS], type=_counts("step counts"),
                 help="pipeline benchmarks: DPM-Solver++ model calls per image, comma-separated (e.g. 20,25,50); each "
                      "count is a case of its own. Default: 50")  # fmt: skip
+    g.addoption("--bench-batch", metavar="LIST", default=[1], type=_counts("batch sizes"),
+                help="pipeline benchmarks: images per call, comma-separated (e.g. 1,2,4,8,16), each a case of its own "
+                     "with engines built for it and its memory measured; above 1, the quick protocol over the first "
+                     "prompts. Default: 1")  # fmt: skip
     g.addoption("--bench-limit", metavar="N", default=0, type=int,
                 help="seed protocol: time only the first N pairs of prompts.tsv (0: all 40). "
                      "Default: %(default)r")  # fmt: skip

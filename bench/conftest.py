@@ -34,6 +34,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     steps = metafunc.config.getoption("--bench-steps")
     if "steps" in metafunc.fixturenames and steps != [STEPS]:  # the 50-step cases keep their names
         metafunc.parametrize("steps", steps, ids=[f"{n}steps" for n in steps])
+    batches = metafunc.config.getoption("--bench-batch")
+    if "batch" in metafunc.fixturenames and batches != [1]:  # the batch-1 cases keep their names
+        metafunc.parametrize("batch", batches, ids=[f"batch{n}" for n in batches])
     if "bench_case" in metafunc.fixturenames:
         cases = _cases(metafunc.config)
         metafunc.parametrize("bench_case", cases, ids=[b.id for _, b in cases])
@@ -60,21 +63,31 @@ def steps() -> int:
     return STEPS
 
 
+@pytest.fixture
+def batch() -> int:
+    """Images per pipeline call: 1, unless --bench-batch parametrizes it."""
+    return 1
+
+
 @pytest.fixture(scope="session")
 def engine_for(models):
     """(component, EngineSpec) -> Engine, built once per session and shared by component and pipeline benchmarks.
     Component "sampler" is the whole solver loop of `steps` calls around the U-ViT step that `build` describes
-    (engines.sampler)."""
+    (engines.sampler). `cache_it=False` builds an engine of the caller's alone, which the caller closes: what its
+    memory is measured with."""
     cache = {}
 
-    def get(component: str, build: EngineSpec, steps: int = STEPS):
-        key = (component, build, steps if component == "sampler" else None)
-        if key not in cache:
-            try:
-                cache[key] = ladder_build(component, build, models, steps=steps)
-            except BackendUnavailable as e:
-                pytest.skip(str(e))
-        return cache[key]
+    def get(component: str, build: EngineSpec, steps: int = STEPS, batch: int = 1, *, cache_it: bool = True):
+        key = (component, build, steps if component == "sampler" else None, batch)
+        if key in cache and cache_it:
+            return cache[key]
+        try:
+            engine = ladder_build(component, build, models, steps=steps, batch=batch)
+        except BackendUnavailable as e:
+            pytest.skip(str(e))
+        if cache_it:
+            cache[key] = engine
+        return engine
 
     return get
 

@@ -11,14 +11,15 @@ from reference.dpm_solver import STEPS, make_plan
 __all__ = ["BASELINE", "LADDER", "Recipe", "build", "recipe", "recipe_engines", "stages"]
 
 
-def build(component: str, spec: EngineSpec, models, *, steps: int = STEPS) -> object:
-    """The engine `spec` describes; "sampler" is the whole solver loop of `steps` calls around that U-ViT step."""
+def build(component: str, spec: EngineSpec, models, *, steps: int = STEPS, batch: int = 1) -> object:
+    """The engine `spec` describes for `batch` images a call; "sampler" is the whole solver loop of `steps` calls
+    around that U-ViT step."""
     from engines import build_engine
     from engines.sampler import build_sampler
 
     if component == "sampler":
-        return build_sampler(models, plan=make_plan(steps=steps), **spec.kwargs())
-    return build_engine(component, models, **spec.kwargs())
+        return build_sampler(models, plan=make_plan(steps=steps), batch=batch, **spec.kwargs())
+    return build_engine(component, models, batch=batch, **spec.kwargs())
 
 
 def recipe_engines(recipe: Recipe, get: Callable[[str, EngineSpec], object]) -> dict[str, object]:

@@ -49,26 +49,28 @@ def component_module(component: str, models: Models, *, guidance: str = "batched
     return models.decoder
 
 
-def example_inputs(component: str, cfg: ModelConfig, *, device: torch.device | str, seed: int = 0) -> dict[str, Tensor]:
-    """Realistic inputs, drawn on the CPU so that every device sees the same numbers."""
+def example_inputs(
+    component: str, cfg: ModelConfig, *, device: torch.device | str, seed: int = 0, batch: int = 1
+) -> dict[str, Tensor]:
+    """Realistic inputs of `batch` images, drawn on the CPU so that every device sees the same numbers."""
     check_component(component)
     g = torch.Generator().manual_seed(seed)
     if component == "clip":
-        inputs = {"input_ids": tokenize(load_tokenizer(), [EXAMPLE_PROMPT], max_tokens=cfg.uvit.num_text_tokens)}
+        inputs = {
+            "input_ids": tokenize(load_tokenizer(), [EXAMPLE_PROMPT] * batch, max_tokens=cfg.uvit.num_text_tokens)
+        }
     elif component == "uvit":
         u, plan, k = cfg.uvit, make_plan(), EXAMPLE_CALL
-        text_shape = (1, u.num_text_tokens, u.text_dim)
+        text_shape = (batch, u.num_text_tokens, u.text_dim)
         inputs = {
-            "x": torch.randn(1, u.x_dim, generator=g),
+            "x": torch.randn(batch, u.x_dim, generator=g),
             "text": torch.randn(text_shape, generator=g),
             "text_noise": torch.randn(text_shape, generator=g),
-            "t_model": plan.t_model[k : k + 1],
-            "alpha": plan.alpha[k : k + 1],
-            "sigma": plan.sigma[k : k + 1],
+            **{name: getattr(plan, name)[k : k + 1].repeat(batch) for name in ("t_model", "alpha", "sigma")},
         }
     else:
         u = cfg.uvit
-        inputs = {"z": torch.randn(1, u.in_chans, u.img_size, u.img_size, generator=g)}
+        inputs = {"z": torch.randn(batch, u.in_chans, u.img_size, u.img_size, generator=g)}
     return {k: v.to(device) for k, v in inputs.items()}
 
 

@@ -173,6 +173,7 @@ def build_engine(
     postprocess: bool = False,
     module: nn.Module | None = None,
     fault: Fault | None = None,
+    batch: int = 1,
     **options: object,
 ) -> Engine:
     """Build `component` of `models` (on their device unless `device` is given).
@@ -181,7 +182,8 @@ def build_engine(
     groupnorm="stats", channels_last=True, persistent_rows=2048); one that does not apply is a SpecError.
     `module` replaces the reference component (the accuracy suite passes one making declared approximations);
     `fault` is injected into the engine's module after the backend's transforms (engines.faults: the fault matrix);
-    `postprocess` folds the uint8 conversion into the decoder.
+    `postprocess` folds the uint8 conversion into the decoder; `batch` is the number of images a call takes (a
+    graphed or compiled engine runs that batch alone).
     """
     from engines.components import example_inputs
 
@@ -199,7 +201,7 @@ def build_engine(
     work = copy.deepcopy(source).to(device).eval().requires_grad_(False)
     work = DecodeToImage(work) if postprocess else work
     marked = Marked(work, marks)
-    inputs = example_inputs(component, models.config, device=device)
+    inputs = example_inputs(component, models.config, device=device, batch=check_batch(batch))
     backend_options = {k: v for k, v in spec.flat().items() if k != "guidance"}  # guidance chose the module above
     fn, seconds, meta = ENGINES[spec.backend](
         marked, precision=precision, device=device, example_inputs=inputs, cuda_graph=cuda_graph,
@@ -207,7 +209,14 @@ def build_engine(
     )  # fmt: skip
     seconds = {"build": time.perf_counter() - t0, **seconds}
     approximations = tuple(meta.pop("approximations", ()))
+    meta = {**meta, "batch": batch} if batch != 1 else meta
     return Engine(spec.id, fn, component, spec.backend, precision, cuda_graph, marks, seconds, meta, approximations)
+
+
+def check_batch(batch: object) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch is the number of images per call, a whole number of at least 1; got {batch!r}")
+    return batch
 
 
 __all__ = ["COMPONENTS", "ENGINES", "DTYPES", "BackendUnavailable", "Engine", "build_engine", "register_engine"]

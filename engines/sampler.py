@@ -23,14 +23,14 @@ from reference import dpm_solver
 from reference.checkpoints import Models
 
 
-def sampler_inputs(models: Models, *, calls: int, seed: int = 0) -> dict[str, Tensor]:
-    """Random inputs of one image's loop (drawn on the CPU, then on the models' device)."""
+def sampler_inputs(models: Models, *, calls: int, seed: int = 0, batch: int = 1) -> dict[str, Tensor]:
+    """Random inputs of the loop of `batch` images (drawn on the CPU, then on the models' device)."""
     cfg, device = models.config.uvit, next(models.uvit.parameters()).device
     g = torch.Generator().manual_seed(seed)
     inputs = {
-        "x": torch.randn(1, cfg.x_dim, generator=g),
-        "text": torch.randn(1, cfg.num_text_tokens, cfg.text_dim, generator=g),
-        "text_noise": torch.randn(calls, 1, cfg.num_text_tokens, cfg.text_dim, generator=g),
+        "x": torch.randn(batch, cfg.x_dim, generator=g),
+        "text": torch.randn(batch, cfg.num_text_tokens, cfg.text_dim, generator=g),
+        "text_noise": torch.randn(calls, batch, cfg.num_text_tokens, cfg.text_dim, generator=g),
     }
     return {k: v.to(device) for k, v in inputs.items()}
 
@@ -42,21 +42,24 @@ def build_sampler(
     precision: str = "fp32",
     cuda_graph: bool = False,
     plan: dpm_solver.Plan | None = None,
+    batch: int = 1,
     **options: object,
 ) -> Engine:
-    """The guided-step engine of `backend`/`precision` (never graphed on its own) run over the whole plan."""
+    """The guided-step engine of `backend`/`precision` (never graphed on its own) run over the whole plan, for
+    `batch` images a call."""
     t0 = time.perf_counter()
     plan = plan or dpm_solver.make_plan()
-    step = build_engine("uvit", models, backend=backend, precision=precision, **options)
+    step = build_engine("uvit", models, backend=backend, precision=precision, batch=batch, **options)
     device = next(models.uvit.parameters()).device
-    t_model, alpha, sigma = (v.to(device) for v in (plan.t_model, plan.alpha, plan.sigma))
+    # each call's values repeated per image: call k's are [k B, k B + B)
+    t_model, alpha, sigma = (v.repeat_interleave(batch).to(device) for v in (plan.t_model, plan.alpha, plan.sigma))
 
     def loop(x: Tensor, text: Tensor, text_noise: Tensor) -> dict[str, Tensor]:
         def data_prediction(x: Tensor, k: int) -> Tensor:
+            at = slice(k * batch, k * batch + batch)
             return step.fn(
-                x=x, text=text, text_noise=text_noise[k],
-                t_model=t_model[k : k + 1], alpha=alpha[k : k + 1], sigma=sigma[k : k + 1],
-            )["output"]  # fmt: skip
+                x=x, text=text, text_noise=text_noise[k], t_model=t_model[at], alpha=alpha[at], sigma=sigma[at]
+            )["output"]
 
         return {"output": dpm_solver.sample(data_prediction, x, plan)}
 
@@ -65,7 +68,7 @@ def build_sampler(
     fn, seconds = finish(
         loop,
         precision=precision,
-        example_inputs=sampler_inputs(models, calls=plan.calls),
+        example_inputs=sampler_inputs(models, calls=plan.calls, batch=batch),
         cuda_graph=cuda_graph,
         warmup=1,
     )

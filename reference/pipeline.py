@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +59,9 @@ class Noise:
     clip_img: Tensor  # (B, 1, 512)
     text: Tensor  # (calls, B, 77, 64): the fresh uncond text of each model call
     order: str
+
+
+NOISE_BATCH_DIMS = (("z", 0), ("clip_img", 0), ("text", 1))  # each draw's batch axis
 
 
 def draw_noise(
@@ -158,32 +161,49 @@ class Pipeline:
         self.clip = self.clip or (lambda *, input_ids: self.models.text_encoder(input_ids))
         self.step = self.step or (lambda **kw: ref_step(**kw))
         self.decoder = self.decoder or (lambda *, z: self.models.decoder(z))
-        self._sched = [v.to(self.device) for v in (self.plan.t_model, self.plan.alpha, self.plan.sigma)]
+        self._sched = {}
 
-    @torch.no_grad()
+    def _schedule(self, batch: int) -> list[Tensor]:
+        """t_model, alpha, sigma on the device, each value repeated per image: call k's are [k B, k B + B)."""
+        if batch not in self._sched:
+            plan = (self.plan.t_model, self.plan.alpha, self.plan.sigma)
+            self._sched[batch] = [v.repeat_interleave(batch).to(self.device) for v in plan]
+        return self._sched[batch]
+
     def __call__(self, prompt: str, seed: int, *, progress: bool = False) -> Result:
-        with strict_fp32():
-            return self._run(prompt, seed, progress=progress)
+        return self._generate([prompt], [seed], progress=progress)[0]
 
-    def _run(self, prompt: str, seed: int, *, progress: bool) -> Result:
-        cfg = self.models.config.uvit
-        if note := truncation(self.tokenizer, prompt, max_tokens=cfg.num_text_tokens):
-            warnings.warn(note, PromptTruncated, stacklevel=4)  # the caller of __call__
-        ids = tokenize(self.tokenizer, [prompt], max_tokens=cfg.num_text_tokens).to(self.device)  # (1, 77)
-        text = self.clip(input_ids=ids)  # (1, 77, T)
-        noise = draw_noise(cfg, seed, device=self.device, calls=self.plan.calls, order=self.noise_order)
-        t_model, alpha, sigma = self._sched
+    def batch(self, prompts: Sequence[str], seeds: Sequence[int], *, progress: bool = False) -> list[Result]:
+        """One image per (prompt, seed), made together; engines in the stages must have been built for this batch.
+        Each image draws its noise from its own seed's generator, so it is the image `self(prompt, seed)` makes, up
+        to the kernels' batch-dependent rounding."""
+        if len(prompts) != len(seeds) or not prompts:
+            raise ValueError(f"a batch needs one seed per prompt: got {len(prompts)} prompts and {len(seeds)} seeds")
+        return self._generate(list(prompts), list(seeds), progress=progress)
+
+    def _generate(self, prompts: list[str], seeds: list[int], *, progress: bool) -> list[Result]:
+        for prompt in prompts:
+            if note := truncation(self.tokenizer, prompt, max_tokens=self.models.config.uvit.num_text_tokens):
+                warnings.warn(note, PromptTruncated, stacklevel=3)  # the caller of __call__ or batch
+        with torch.no_grad(), strict_fp32():
+            return self._run(prompts, seeds, progress=progress)
+
+    def _run(self, prompts: list[str], seeds: list[int], *, progress: bool) -> list[Result]:
+        cfg, B = self.models.config.uvit, len(prompts)
+        ids = tokenize(self.tokenizer, prompts, max_tokens=cfg.num_text_tokens).to(self.device)  # (B, 77)
+        text = self.clip(input_ids=ids)  # (B, 77, T)
+        draws = [draw_noise(cfg, s, device=self.device, calls=self.plan.calls, order=self.noise_order) for s in seeds]
+        noise = Noise(
+            *(torch.cat([getattr(d, f) for d in draws], dim=d) for f, d in NOISE_BATCH_DIMS), self.noise_order
+        )
+        t_model, alpha, sigma = self._schedule(B)
         bar = tqdm(total=self.plan.calls, desc="DPM-Solver++", disable=not progress, leave=False)
 
         def data_prediction(x: Tensor, k: int) -> Tensor:
             bar.update()
+            at = slice(k * B, k * B + B)
             return self.step(
-                x=x,
-                text=text,
-                text_noise=noise.text[k],
-                t_model=t_model[k : k + 1],
-                alpha=alpha[k : k + 1],
-                sigma=sigma[k : k + 1],
+                x=x, text=text, text_noise=noise.text[k], t_model=t_model[at], alpha=alpha[at], sigma=sigma[at]
             )
 
         x = combine(noise.z, noise.clip_img)
@@ -194,8 +214,14 @@ class Pipeline:
         bar.close()
         z, _ = split(x, cfg)
         pixels = self.decoder(z=z)
-        # each stage's verdict stays on the device until the image comes back: no host sync inside the pipeline
-        finite = torch.stack([torch.isfinite(t).all() for t in (text, x, pixels)])
-        image = to_uint8(pixels, rounding=self.rounding)[0].cpu()  # (H, W, 3)
-        bad = [stage for stage, ok in zip(("clip", "uvit", "decoder"), finite.tolist(), strict=True) if not ok]
-        return Result(image, z.float().cpu(), self.noise_order, self.rounding, nonfinite=bad[0] if bad else None)
+        # each stage's verdict, per image, stays on the device until the images come back: no host sync inside
+        finite = torch.stack([t.flatten(1).isfinite().all(1) for t in (text, x, pixels)], dim=1)  # (B, 3)
+        images = to_uint8(pixels, rounding=self.rounding).cpu()  # (B, H, W, 3)
+        latents = z.float().cpu()
+        results = []
+        for i, ok in enumerate(finite.tolist()):
+            bad = [stage for stage, good in zip(("clip", "uvit", "decoder"), ok, strict=True) if not good]
+            # clones: torch.save of a view writes the whole batch's storage
+            image, z_i = images[i].clone(), latents[i : i + 1].clone()
+            results.append(Result(image, z_i, self.noise_order, self.rounding, nonfinite=bad[0] if bad else None))
+        return results

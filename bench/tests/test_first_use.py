@@ -157,6 +157,23 @@ def test_the_benchmarks_take_any_step_count(pytester):
     assert runs == {"test_pipeline[20steps-pytorch-fp32]": 20, "test_pipeline[25steps-pytorch-fp32]": 25}
 
 
+def test_the_benchmarks_take_any_batch_size(pytester):
+    bench_file = Path(__file__).resolve().parents[1] / "bench_pipeline.py"
+    out, images = pytester.path / "b.json", pytester.path / "images"
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(bench_file), "-k",
+                          "pytorch-fp32", "--bench-batch", "1,3", "--bench-steps", "2", "--benchmark-json", str(out),
+                          "--bench-images", str(images))  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    runs = {b["name"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert sorted(runs) == ["test_pipeline[2steps-batch1-pytorch-fp32]", "test_pipeline[2steps-batch3-pytorch-fp32]"]
+    three = runs["test_pipeline[2steps-batch3-pytorch-fp32]"]
+    assert (three["batch"], three["images"], three["steps"]) == (3, 3, 2)
+    assert three["images_per_s"] == pytest.approx(3e3 / three["wall_p50_ms"])
+    assert all("footprint_mib" in info for info in runs.values())
+    saved = json.loads((images / "pytorch-fp32-2steps-batch3" / "manifest.json").read_text())["files"]
+    assert saved == [0, 1, 2]  # the first three prompts, one image each
+
+
 def test_a_prompt_longer_than_clip_reads_is_said_with_what_is_dropped():
     import torch
 

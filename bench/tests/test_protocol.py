@@ -3,7 +3,7 @@
 import pytest
 
 from bench.bench_pipeline import WARMUP_IMAGES, image_plan
-from reference.prompts import read_prompts
+from reference.prompts import default_prompts_path, read_prompts
 
 
 @pytest.fixture
@@ -20,11 +20,24 @@ def test_seed_plan_calls_every_image_it_counts(prompts_tsv, limit):
     prompts, warmup, timed = image_plan("seed", rounds=3, warmup=1, limit=limit, path=prompts_tsv)
     assert len(prompts) == warmup + timed  # pytest-benchmark draws exactly this many
     assert warmup == WARMUP_IMAGES
-    assert prompts[:warmup] == rows[:WARMUP_IMAGES]
-    assert prompts[warmup:] == (rows[:limit] if limit else rows)
+    assert prompts[:warmup] == [[p] for p in rows[:WARMUP_IMAGES]]
+    assert prompts[warmup:] == [[p] for p in (rows[:limit] if limit else rows)]
 
 
 def test_quick_plan_repeats_one_prompt():
     prompts, warmup, timed = image_plan("quick", rounds=3, warmup=2)
     assert (warmup, timed, len(prompts)) == (2, 3, 5)
-    assert len(set(prompts)) == 1
+    assert {tuple(call) for call in prompts} == {(read_prompts(default_prompts_path())[0],)}
+
+
+@pytest.mark.parametrize("batch", [2, 41])
+def test_a_batch_call_takes_the_first_prompts_in_turn(batch):
+    rows = read_prompts(default_prompts_path())
+    prompts, warmup, timed = image_plan("quick", rounds=2, warmup=1, batch=batch)
+    assert (warmup, timed) == (1, 2)
+    assert prompts == [[rows[i % len(rows)] for i in range(batch)]] * 3
+
+
+def test_the_seed_protocol_is_one_image_a_call(prompts_tsv):
+    with pytest.raises(pytest.UsageError, match="one image at a time.*--bench-protocol quick"):
+        image_plan("seed", rounds=3, warmup=1, path=prompts_tsv, batch=4)

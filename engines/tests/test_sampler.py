@@ -57,3 +57,26 @@ def test_whole_loop_graph_equals_the_loop_without_it(models):
         assert ((a.latents - b.latents).norm() / b.latents.norm()).item() < 1e-2, seed
         assert first is None or not torch.equal(a.latents, first)
         first = a.latents
+
+
+def test_a_batch_sampler_runs_each_image_of_the_batch(models):
+    """Built for 3 images a call, the loop engine makes the images the pipeline's own loop makes with the same step
+    engine for that batch, each from its own call's schedule values and noise."""
+    from reference.dpm_solver import make_plan
+
+    plan = make_plan(steps=4)
+    prompts, seeds = [PROMPT, "a red bicycle in the rain", PROMPT], [SEED, 7, 7]
+    step = build_engine("uvit", models, batch=3)
+    per_step = Pipeline(models, "cpu", plan=plan, step=step.output).batch(prompts, seeds)
+    sampler = build_sampler(models, plan=plan, batch=3)
+    looped = Pipeline(models, "cpu", plan=plan, sampler=sampler.output).batch(prompts, seeds)
+    assert sampler.meta["batch"] == 3
+    for a, b in zip(looped, per_step, strict=True):
+        assert torch.equal(a.latents, b.latents)
+
+
+def test_an_engine_takes_the_batch_it_was_built_for(models):
+    engine = build_engine("decoder", models, batch=2)
+    assert engine.meta["batch"] == 2
+    with pytest.raises(ValueError, match="whole number of at least 1; got 0"):
+        build_engine("decoder", models, batch=0)
