@@ -53,6 +53,17 @@ def _counts(kind: str):
     return parse
 
 
+def _recipes(text: str) -> list[str]:
+    from engines.recipes import LADDER
+
+    names = [r.name for r in LADDER]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [i for i in items if i not in names]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown recipe {bad or text!r}; choose from {names}")
+    return items
+
+
 def _existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -108,6 +119,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-steps", metavar="LIST", default=[STEPS], type=_counts("step counts"),
                 help="pipeline benchmarks: DPM-Solver++ model calls per image, comma-separated (e.g. 20,25,50); each "
                      "count is a case of its own. Default: 50")  # fmt: skip
+    g.addoption("--bench-recipes", metavar="LIST", default=None, type=_recipes,
+                help="pipeline benchmarks: only these recipes, comma-separated (engines/recipes.py). Default: all")  # fmt: skip
     g.addoption("--bench-batch", metavar="LIST", default=[1], type=_counts("batch sizes"),
                 help="pipeline benchmarks: images per call, comma-separated (e.g. 1,2,4,8,16), each a case of its own "
                      "with engines built for it and its memory measured; above 1, the quick protocol over the first "

@@ -43,9 +43,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if (only := config.getoption("--bench-recipes")) is not None:  # the pipeline cases of other recipes go
+        dropped = [i for i in items if "recipe" in _params(i) and _params(i)["recipe"].name not in only]
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
     device = matrix(config).device
     for item in items:
-        params = item.callspec.params if hasattr(item, "callspec") else {}
+        params = _params(item)
         builds = [params["bench_case"]] if "bench_case" in params else []
         builds += list(params["recipe"].builds.items()) if "recipe" in params else []
         for _, b in builds:
@@ -55,6 +59,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
                 break
+
+
+def _params(item: pytest.Item) -> dict:
+    return item.callspec.params if hasattr(item, "callspec") else {}
 
 
 @pytest.fixture
