@@ -120,7 +120,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="pipeline benchmarks: DPM-Solver++ model calls per image, comma-separated (e.g. 20,25,50); each "
                      "count is a case of its own. Default: 50")  # fmt: skip
     g.addoption("--bench-recipes", metavar="LIST", default=None, type=_recipes,
-                help="pipeline benchmarks: only these recipes, comma-separated (engines/recipes.py). Default: all")  # fmt: skip
+                help="pipeline benchmarks: only these recipes, comma-separated (engines/recipes.py). "
+                     "Default: all")  # fmt: skip
     g.addoption("--bench-batch", metavar="LIST", default=[1], type=_counts("batch sizes"),
                 help="pipeline benchmarks: images per call, comma-separated (e.g. 1,2,4,8,16), each a case of its own "
                      "with engines built for it and its memory measured; above 1, the quick protocol over the first "

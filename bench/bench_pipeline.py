@@ -111,7 +111,8 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
         noise_order=pipe.noise_order, rounding=pipe.rounding, **clocks.summary(),
     )  # fmt: skip
     if sweep:  # the engines' weights, graphs and activations at their peak (built or run), beyond what was held before
-        benchmark.extra_info["footprint_mib"] = max(build_peak, peak_memory_mib(device)) - before
+        peak = max(build_peak, peak_memory_mib(device)) - before
+        benchmark.extra_info["footprint_mib"] = peak if device.type == "cuda" else None  # CUDA's allocator counts it
         for e in engines.values():
             e.close()
         release(device)

@@ -7,7 +7,7 @@ caches. Inductor keeps compiled graphs (FX graph cache), AOTAutograd artifacts a
 TORCHINDUCTOR_CACHE_DIR (default /tmp/torchinductor_$USER), so a second process on the same machine skips the
 compilation but still traces with dynamo, loads the kernels and captures the CUDA graphs. `bench/bench_build.py` times
 both, each in a process started with `process_env` (Python's bytecode cached in the same folder), and
-`reports/speedup.md` sets them against issue 6's targets.
+`reports/speedup.md` sets them against the targets.
 """
 
 from __future__ import annotations

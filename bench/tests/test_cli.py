@@ -66,14 +66,28 @@ def test_bad_input_is_one_clear_line(bench, args, message):
         ("--size", "huge", "*unknown size ?'huge'?; choose from*"),
         ("--weights", "/nonexistent", "*weights folder '/nonexistent' does not exist*"),
         ("--bench-steps", "20,0", "*expected step counts of at least 1, comma-separated, got '20,0'*"),
+        ("--bench-batch", "4,-1", "*expected batch sizes of at least 1, comma-separated, got '4,-1'*"),
+        ("--bench-recipes", "fast,fastest", "*unknown recipe ?'fastest'?; choose from ?'pytorch-fp32'*"),
     ],
-    ids=["backends", "precisions", "size", "weights", "bench-steps"],
+    ids=["backends", "precisions", "size", "weights", "bench-steps", "bench-batch", "bench-recipes"],
 )
 def test_pytest_options_are_validated_at_parse_time(pytester, option, value, message):
     test_file = Path(__file__).with_name("test_flops.py")
     result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file), option, value)
     result.stderr.fnmatch_lines([message])
     assert result.ret == 4  # usage error: nothing ran
+
+
+def test_bench_recipes_keeps_those_recipes_pipelines_and_every_other_benchmark(pytester):
+    bench_dir = Path(__file__).resolve().parents[1]
+    args = [str(bench_dir / "bench_pipeline.py"), str(bench_dir / "bench_components.py")]
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *args,
+                          "--bench-recipes", "fast,pytorch-fp32", "--bench-batch", "1,2")  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    pipelines = sorted(line.split("::")[1] for line in result.stdout.lines if "::test_pipeline[" in line)
+    assert pipelines == ["test_pipeline[batch1-fast]", "test_pipeline[batch1-pytorch-fp32]",
+                         "test_pipeline[batch2-fast]", "test_pipeline[batch2-pytorch-fp32]"]  # fmt: skip
+    assert any("::test_component[" in line for line in result.stdout.lines)  # not a pipeline: kept
 
 
 def test_pytest_help_documents_the_options(pytester):
