@@ -23,7 +23,7 @@ from bench.ladder import stages as pipeline_stages
 from bench.timing import Events, allocated_mib, cuda_clock, peak_memory_mib, release, reset_peak_memory, summary_ms
 from reference.dpm_solver import STEPS, make_plan
 from reference.images import save_result
-from reference.pipeline import Pipeline
+from reference.pipeline import Pipeline, Result
 from reference.prompts import Prompt, default_prompts_path, read_prompts
 
 WARMUP_IMAGES = 5  # the original protocol
@@ -105,6 +105,7 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
         step_p50_ms=summary_ms(step_ms)["p50_ms"], step_p90_ms=summary_ms(step_ms)["p90_ms"],
         wall_p50_ms=wall_s * 1e3, flops=pipeline_flops(models.config.name, calls=calls) * batch, steps=calls,
         batch=batch, images_per_s=batch / wall_s,
+        nonfinite_images=nonfinite(results[warmup * batch :]),
         peak_mib=peak_memory_mib(device),
         engines={c: e.name for c, e in engines.items()},
         build_seconds={c: e.seconds for c, e in engines.items()},
@@ -121,6 +122,11 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
     last = results[-1][1]
     assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
     assert last.latents.isfinite().all(), f"{recipe.name}: non-finite latents"
+
+
+def nonfinite(results: list[tuple[Prompt, Result]]) -> int:
+    """How many of these images had NaN or Inf in a stage: counted before they are saved, which refuses them."""
+    return sum(result.nonfinite is not None for _, result in results)
 
 
 def _chunks(values: list[float], n: int) -> list[list[float]]:

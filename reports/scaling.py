@@ -30,6 +30,11 @@ def _order(df: pd.DataFrame, *by: str) -> pd.DataFrame:
     return keys.sort_values(["_position", "recipe", *by], kind="stable").drop(columns="_position")
 
 
+def _count(pipes: pd.DataFrame, column: str) -> pd.Series | None:
+    """A count column as whole numbers, missing where a run did not record it."""
+    return pipes[column].astype("Int64") if column in pipes else None
+
+
 def batch_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (recipe, batch) of the batch sweep (`--bench-batch`, whose cases are named `batchN`): the cases that
     built their own engines and measured them. Their memory is measured on a GPU alone."""
@@ -45,7 +50,7 @@ def batch_rows(df: pd.DataFrame) -> pd.DataFrame:
         "ms_per_image_min": pipes["wall_min_ms"] / b, "ms_per_image_max": pipes["wall_max_ms"] / b,
         "step_ms": pipes["step_p50_ms"],
         "footprint_gib": pipes["footprint_mib"].astype(float) / MIB_PER_GIB,
-        "sm_clock_mhz_p50": pipes.get("sm_clock_mhz_p50"),
+        "sm_clock_mhz_p50": pipes.get("sm_clock_mhz_p50"), "nonfinite_images": _count(pipes, "nonfinite_images"),
     })  # fmt: skip
     first = out.groupby("recipe")["images_per_s"].transform("first")
     out.insert(4, "vs_batch_1", out["images_per_s"] / first)
@@ -63,6 +68,7 @@ def step_rows(df: pd.DataFrame) -> pd.DataFrame:
         "recipe": pipes["recipe"], "steps": pipes["steps"], "ms_per_image": pipes["wall_median_ms"],
         "ms_min": pipes["wall_min_ms"], "ms_max": pipes["wall_max_ms"], "uvit_ms": pipes["uvit_ms"],
         "ms_per_step": pipes["uvit_ms"] / pipes["steps"], "clip_decoder_ms": pipes["clip_ms"] + pipes["decoder_ms"],
+        "nonfinite_images": _count(pipes, "nonfinite_images"),
     })  # fmt: skip
     return out.reset_index(drop=True)
 
@@ -125,7 +131,8 @@ def to_markdown(batches: pd.DataFrame, steps: pd.DataFrame, env: dict, runs: pd.
         "Under `--bench-batch` every case builds its engines for its batch and frees them after: `footprint` is the "
         "most memory they and their run held at once (their weights, CUDA graphs and activations), beyond what the "
         "harness held before (its fp32 reference models). The SM clock is nvidia-smi's median while the case ran: "
-        "at 700 W a large batch runs the GPU at a lower clock.\n"
+        "at its power limit a GPU runs a large batch at a lower clock. `nonfinite_images`: the timed images with NaN "
+        "or Inf in a stage, a recipe's verdict whatever its speed ('-': a run that did not count them).\n"
     )
     parts.append(f"![throughput, memory and time per image]({picture})\n")
     if len(batches):

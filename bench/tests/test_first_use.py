@@ -170,6 +170,7 @@ def test_the_benchmarks_take_any_batch_size(pytester):
     assert (three["batch"], three["images"], three["steps"]) == (3, 3, 2)
     assert three["images_per_s"] == pytest.approx(3e3 / three["wall_p50_ms"])
     assert all(info["footprint_mib"] is None for info in runs.values())  # measured by CUDA's allocator alone
+    assert all(info["nonfinite_images"] == 0 for info in runs.values())
     saved = json.loads((images / "pytorch-fp32-2steps-batch3" / "manifest.json").read_text())["files"]
     assert saved == [0, 1, 2]  # the first three prompts, one image each
 

@@ -41,3 +41,16 @@ def test_a_batch_call_takes_the_first_prompts_in_turn(batch):
 def test_the_seed_protocol_is_one_image_a_call(prompts_tsv):
     with pytest.raises(pytest.UsageError, match="one image at a time.*--bench-protocol quick"):
         image_plan("seed", rounds=3, warmup=1, path=prompts_tsv, batch=4)
+
+
+def test_images_with_nan_are_counted():
+    import torch
+
+    from bench.bench_pipeline import nonfinite
+    from reference.pipeline import Result
+
+    def made(stage):
+        return Result(torch.zeros(2, 2, 3, dtype=torch.uint8), torch.zeros(1, 4, 2, 2), "seed", "truncate", stage)
+
+    p = read_prompts(default_prompts_path())[0]
+    assert nonfinite([(p, made(None)), (p, made("uvit")), (p, made("decoder"))]) == 2

@@ -42,6 +42,7 @@ def write(path: Path, benchmarks: list[dict], date: str) -> Path:
 @pytest.fixture
 def sweeps(tmp_path) -> list[Path]:
     batch = [case(r, batch=b, wall=w, footprint=f) for (r, b), (w, f) in BATCHES.items()]
+    batch[-1]["extra_info"]["nonfinite_images"] = 2
     steps = [case(r, steps=s, wall=w) for (r, s), w in STEPS.items()]
     return [write(tmp_path / "scaling-batch.json", batch, "2026-12-03 21:50 UTC"),
             write(tmp_path / "scaling-steps.json", steps, "2026-12-03 21:58 UTC")]  # fmt: skip
@@ -79,6 +80,12 @@ def test_the_report_gives_the_same_bytes_in_any_order(sweeps, tmp_path):
     assert first.read_text() == again.read_text()
     assert (tmp_path / "a" / "scaling.png").read_bytes() == (tmp_path / "b" / "scaling.png").read_bytes()
     md = first.read_text()
+    # the baseline's NaN images, beside its times; '-' for a case that did not count them
+    assert (
+        re.search(r"nonfinite_images \|\n", md)
+        and "|                  2 |\n" in md
+        and "| -                  |\n" in md
+    )
     assert md.startswith("# How cost grows") and "![throughput, memory and time per image](scaling.png)" in md
     assert re.search(r"\| commit +\| abc123 +\|", md) and "| scaling-batch.json " in md  # one run, its files named
     with pytest.raises(FileExistsError, match="refusing to replace"):
