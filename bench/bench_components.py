@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.clocks import ClockSampler
-from bench.flops import component_flops
+from bench.flops import component_flops, flops_by_kind
 from bench.timing import Events, cuda_clock, peak_memory_mib, reset_peak_memory, summary_ms
 from engines.components import example_inputs
 
@@ -38,12 +38,14 @@ def test_component(benchmark, bench_case, engine_for, model_config, device, roun
         )
     # --benchmark-disable makes pedantic a single untimed call: the code path runs, nothing is measured
     ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
-    flops = component_flops(component, model_config.name, guidance=build.flat().get("guidance", "batched"))
+    guidance = build.flat().get("guidance", "batched")
+    flops = component_flops(component, model_config.name, guidance=guidance)
     benchmark.extra_info.update(
         component=component, case=build.id, engine=engine.name, backend=build.backend,
         precision=build.precision,
         cuda_graph=build.cuda_graph, options=",".join(f"{k}={v}" for k, v in build.flat().items()) or "-",
         size=model_config.name, device=str(device), **ms, flops=flops, tflops=flops / ms["p50_ms"] / 1e9,
+        flops_by_kind=flops_by_kind(component, model_config.name, guidance=guidance),
         peak_mib=peak_memory_mib(device), **{f"{k}_s": v for k, v in engine.seconds.items()},
         fp32_matmul="ieee" if build.precision == "fp32" else "-", **clocks.summary(),
     )  # fmt: skip
@@ -53,15 +55,24 @@ def test_component(benchmark, bench_case, engine_for, model_config, device, roun
 
 @pytest.mark.gpu
 @pytest.mark.benchmark(timer=cuda_clock, group="peak")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn], ids=["fp16", "bf16", "fp8"])
 def test_matmul_peak(benchmark, dtype, rounds):
-    """The measured dense matmul rate the reports divide by (PEAK_N^3 on random data, not zeros)."""
+    """The measured dense matmul rate the reports divide by (PEAK_N^3 on random data, not zeros); fp8: e4m3 operands
+    through torch._scaled_mm to an fp16 result, as the FP8 engines' linears."""
     from bench.ceilings import PEAK_N as n
 
-    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
-    timed = Events(torch.matmul, device=torch.device("cuda"), label="matmul")
+    if dtype.itemsize == 1 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 matmuls need a GPU with FP8 tensor cores (compute capability 8.9 or newer)")
+    a, b = (torch.randn(n, n, device="cuda").to(dtype) for _ in range(2))
+    matmul = torch.matmul if dtype.itemsize > 1 else _scaled_mm
+    timed = Events(matmul, device=torch.device("cuda"), label="matmul")
     with ClockSampler(torch.device("cuda")) as clocks:
         benchmark.pedantic(timed, args=(a, b), rounds=rounds["component"], warmup_rounds=rounds["component_warmup"])
     ms = summary_ms(timed.ms(skip=0 if benchmark.disabled else rounds["component_warmup"]))
     benchmark.extra_info.update(component="matmul-peak", precision=str(dtype).split(".")[-1], **ms,
                                 tflops=2 * n**3 / ms["p50_ms"] / 1e9, **clocks.summary())  # fmt: skip
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    one = torch.ones((), device=a.device)
+    return torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float16)  # b.t(): column-major

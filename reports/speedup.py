@@ -180,9 +180,10 @@ def efficiency(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).T, peak
 
 
-def matmul_peak(df: pd.DataFrame) -> float:
-    """TFLOP/s of the fp16 matmul benchmark (bench_components.py, test_matmul_peak), NaN where it did not run."""
-    peak = df[(df["group"] == "peak") & (df.get("precision") == "float16")]["tflops"]
+def matmul_peak(df: pd.DataFrame, precision: str = "float16") -> float:
+    """TFLOP/s of the matmul benchmark at `precision` (bench_components.py, test_matmul_peak: float16, bfloat16,
+    float8_e4m3fn), NaN where it did not run."""
+    peak = df[(df["group"] == "peak") & (df.get("precision") == precision)]["tflops"]
     return float(peak.iloc[0]) if len(peak) else float("nan")
 
 
@@ -223,15 +224,29 @@ def verdict(ms: float, target: float, runs: int, needed: int, images: str | None
 
 
 def floors(df: pd.DataFrame, recipe_name: str, steps: int = STEPS) -> dict[str, float]:
-    """The FLOP floor of each figure of an fp16 recipe: the reference model's FLOPs at the measured fp16 matmul peak
-    (the pipeline's: `steps` U-ViT steps, the decoder and CLIP). None for a figure of another precision: the peak
-    of an FP8 matmul is not measured."""
-    peak = matmul_peak(df)
+    """The FLOP floor of each figure of a recipe: the reference model's FLOPs at the measured matmul peaks (the
+    pipeline's: `steps` U-ViT steps, the decoder and CLIP). An fp16 engine's at the fp16 peak; an FP8 U-ViT's linears
+    at the FP8 peak and the rest (attention) at the fp16 peak. NaN where a peak or the FLOPs by kind were not
+    recorded."""
+    peak, fp8_peak = matmul_peak(df), matmul_peak(df, "float8_e4m3fn")
     flops = {c: df[df["group"] == c]["flops"].max() for c in COMPONENTS}
     builds = named(recipe_name).builds
-    out = {c: flops[c] / peak / 1e9 if builds[c].precision == "fp16" else float("nan") for c in COMPONENTS}
+    out = {}
+    for c in COMPONENTS:
+        if builds[c].precision == "fp16":
+            out[c] = flops[c] / peak / 1e9
+        elif builds[c].precision == "fp8":
+            linear = _flops_by_kind(df, c).get("linear", float("nan"))
+            out[c] = linear / fp8_peak / 1e9 + (flops[c] - linear) / peak / 1e9
+        else:
+            out[c] = float("nan")
     out["pipeline"] = steps * out["uvit"] + out["clip"] + out["decoder"]
     return out
+
+
+def _flops_by_kind(df: pd.DataFrame, component: str) -> dict:
+    recorded = df[df["group"] == component].get("flops_by_kind", pd.Series(dtype=object)).dropna()
+    return recorded.iloc[0] if len(recorded) else {}
 
 
 def against_targets(
@@ -400,10 +415,10 @@ def to_markdown(
         f"a median that beats it over at least {RUNS_NEEDED['pipeline']} seed-protocol runs of the pipeline, or "
         f"{RUNS_NEEDED['uvit']} builds of an engine, of a recipe whose images pass their verdict (`images`, "
         "reports/pd.md); `runs` counts what these files hold and `spread` is the fastest and slowest of their medians. "
-        "The FLOP floor is the reference model's FLOPs (bench.flops) at the measured fp16 matmul peak, for an fp16 "
-        "figure; a miss is explained by the figure's profile (kernel by kernel, against the floor in "
-        "docs/performance.md, 'Performance: where the time goes') and, for the U-ViT step, the fastest kernels at its "
-        "shapes (`python -m bench ceilings`)."
+        "The FLOP floor is the reference model's FLOPs (bench.flops) at the measured matmul peaks: fp16 for an fp16 "
+        "figure; for an FP8 U-ViT its linears at the FP8 peak and its attention at the fp16 one. A miss is explained "
+        "by the figure's profile (kernel by kernel, against the floor in docs/performance.md, 'Performance: where the "
+        "time goes') and, for the U-ViT step, the fastest kernels at its shapes (`python -m bench ceilings`)."
         + (f" How the pipeline's cost grows with the batch and the steps: [{SCALING}]({SCALING})." if scaling else "")
         + "\n\n"
         + targets.to_markdown(floatfmt=".3f")

@@ -359,6 +359,8 @@ def test_a_target_is_met_by_repeated_runs_of_a_recipe_whose_images_pass(tmp_path
     that fail does not; a figure over its target is a miss with its FLOP floor beside it."""
     import json
 
+    import pandas as pd
+
     from reports.speedup import against_targets, image_verdicts, load_runs, speedup_table
 
     def run(name: str, date: str, fast_ms: float) -> Path:
@@ -383,6 +385,13 @@ def test_a_target_is_met_by_repeated_runs_of_a_recipe_whose_images_pass(tmp_path
     assert t.loc["fast: uvit (one guided step)", "met"] == "no"  # 10 ms, over 7.5
     assert t.loc["fast: uvit (one guided step)", "FLOP floor ms"] == pytest.approx(4.66e12 / 800e12 * 1e3)
     assert pd_isna(t.loc["fast-fp8: uvit (one guided step)", "FLOP floor ms"])  # no FP8 matmul peak measured
+    with_fp8 = df.copy()  # the FP8 peak, and the step's FLOPs by kind as bench_components.py records them
+    with_fp8 = pd.concat([with_fp8, pd.DataFrame([{"name": "test_matmul_peak[fp8]", "group": "peak",
+                                                   "precision": "float8_e4m3fn", "tflops": 1600.0}])])  # fmt: skip
+    kinds = {"linear": 4.19e12, "attention": 0.47e12}
+    with_fp8["flops_by_kind"] = [kinds if g == "uvit" else None for g in with_fp8["group"]]
+    floor = against_targets(with_fp8, speedup_table(with_fp8)).loc["fast-fp8: uvit (one guided step)", "FLOP floor ms"]
+    assert floor == pytest.approx(4.19e12 / 1600e12 * 1e3 + (4.66e12 - 4.19e12) / 800e12 * 1e3)
     df, _ = load_runs([run("two.json", "2026-12-03 11:00 UTC", 380.0), one])
     t = against_targets(df, speedup_table(df), verdicts=verdicts)
     assert t.loc["fast: pipeline", "met"] == "yes" and t.loc["fast: pipeline", "runs"] == 2
