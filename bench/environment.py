@@ -44,7 +44,12 @@ def gpu_info() -> dict[str, str]:
         return {"gpu": "none (CPU)"}
     query = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
     fields = _run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"]).split("\n")[0].split(", ")
-    info = {"gpu": torch.cuda.get_device_name(), "cuda": str(torch.version.cuda)}
+    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    info = {
+        "gpu": torch.cuda.get_device_name(),
+        "cuda": str(torch.version.cuda),
+        "gpu_memory": f"{memory / 2**30:.1f} GiB",
+    }
     if len(fields) == 6:
         info.update(
             driver=fields[1], sm_clock=fields[2], sm_clock_max=fields[3], mem_clock=fields[4], power_limit=fields[5]

@@ -73,9 +73,10 @@ def step_rows(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def findings(batches: pd.DataFrame) -> pd.DataFrame:
-    """Per recipe: the best throughput and the smallest batch within 5% of it, and the memory: the fixed part and
-    what each further image adds (a straight line through the two largest batches)."""
+def findings(batches: pd.DataFrame, gpu_gib: float | None = None) -> pd.DataFrame:
+    """Per recipe: the best throughput and the smallest batch within 5% of it, and the memory: the fixed part, what
+    each further image adds (a straight line through the two largest batches) and, given the GPU's memory, the
+    largest batch that line fits in it."""
     rows = []
     for recipe, g in batches.groupby("recipe", sort=False):
         best = g["images_per_s"].max()
@@ -88,8 +89,18 @@ def findings(batches: pd.DataFrame) -> pd.DataFrame:
             f"within {1 - SATURATED:.0%} of best from batch": plateau,
             "footprint at batch 1 GiB": g["footprint_gib"].iloc[0],
             "GiB per further image": per_image if per_image is not None else float("nan"),
+            "largest batch in the GPU's memory": _fits(top, per_image, gpu_gib),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _fits(top: pd.DataFrame, per_image: float | None, gpu_gib: float | None) -> float:
+    """The batch at which the line through the largest measured batches reaches the GPU's memory (the harness's own
+    models left out): NaN without the memory, a line, or a growing footprint."""
+    if gpu_gib is None or per_image is None or not per_image > 0:
+        return float("nan")
+    last = top.iloc[-1]
+    return float(last["batch"] + (gpu_gib - last["footprint_gib"]) // per_image)
 
 
 def plot(batches: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path:
@@ -116,6 +127,12 @@ def plot(batches: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def gpu_memory_gib(env: dict) -> float | None:
+    """The GPU's memory from the environment header (bench.environment records it as '139.8 GiB'), if there."""
+    text = str(env.get("gpu_memory", ""))
+    return float(text.split()[0]) if text.endswith(" GiB") else None
+
+
 def _markdown(table: pd.DataFrame) -> str:
     """Two decimals; a figure not measured (memory on a CPU) as '-'."""
     return table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="-")
@@ -137,7 +154,9 @@ def to_markdown(batches: pd.DataFrame, steps: pd.DataFrame, env: dict, runs: pd.
     parts.append(f"![throughput, memory and time per image]({picture})\n")
     if len(batches):
         parts.append(
-            "## Where throughput saturates and what bounds the batch\n\n" + _markdown(findings(batches)) + "\n"
+            "## Where throughput saturates and what bounds the batch\n\n"
+            + _markdown(findings(batches, gpu_memory_gib(env)))
+            + "\n"
         )
         names = {"vs_batch_1": "images/s vs batch 1", "ms_per_image_min": "min", "ms_per_image_max": "max",
                  "step_ms": "guided step ms (whole batch)"}  # fmt: skip

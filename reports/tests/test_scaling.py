@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.scaling import batch_rows, findings, step_rows, write_report
+from reports.scaling import batch_rows, findings, gpu_memory_gib, step_rows, write_report
 from reports.speedup import load_runs
 
 # (recipe, batch) -> (wall ms per call, footprint MiB); fast saturates at batch 2, the baseline grows to 8
@@ -67,6 +67,11 @@ def test_throughput_memory_and_time_per_image_come_from_the_cases(sweeps):
 
 def test_the_plateau_and_the_memory_per_image(sweeps):
     df, _ = load_runs(sweeps)
+    assert findings(batch_rows(df))["largest batch in the GPU's memory"].isna().all()  # the GPU's memory not given
+    assert gpu_memory_gib({"gpu_memory": "139.8 GiB"}) == 139.8 and gpu_memory_gib({"gpu": "none (CPU)"}) is None
+    fits = findings(batch_rows(df), 139.8).set_index("recipe")["largest batch in the GPU's memory"]
+    per_image = (4600 - 4100) / 4 / 1024  # fast: the line through batches 4 and 8
+    assert fits["fast"] == 8 + (139.8 - 4600 / 1024) // per_image
     f = findings(batch_rows(df)).set_index("recipe")
     assert f.loc["fast", "best at batch"] == 2 and f.loc["fast", "within 5% of best from batch"] == 2
     assert f.loc["pytorch-fp16-baseline", "best at batch"] == 8
