@@ -77,16 +77,20 @@ class ClipOptions:
 class UViTOptions:
     attention: str = "math"
     mlp: str = "reference"  # epilogue: fc1 + bias + GELU as one cuBLASLt GEMM (its GELU is the tanh form)
+    long_skip: str = "concat"  # split: an out-block's skip_linear as two GEMMs into one output, no concatenation
     guidance: str = "batched"  # two-calls: conditional and unconditional as upstream runs them
     fp8: Fp8Options | None = None  # precision fp8 only
     CHOICES: ClassVar = {"attention": ("math", "sdpa", "triton"), "mlp": ("reference", "epilogue"),
-                         "guidance": ("batched", "two-calls")}  # fmt: skip
+                         "long_skip": ("concat", "split"), "guidance": ("batched", "two-calls")}  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_choices(self)
         if self.fp8 is not None and self.mlp == "epilogue":
             raise SpecError("mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM, and precision fp8 makes it an FP8 GEMM: "
                             "choose one")  # fmt: skip
+        if self.fp8 is not None and self.long_skip == "split":
+            raise SpecError("long_skip=split runs skip_linear as two fp16 GEMMs, and precision fp8 makes it one FP8 "
+                            "GEMM of the concatenation quantised with the LayerNorm before it: choose one")  # fmt: skip
 
 
 @dataclass(frozen=True)
