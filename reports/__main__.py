@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--quality", type=Path, default=None, metavar="JSON",
                    help="`python -m bench quality` over the recipes' images: the image verdict beside each column, and "
                         "the pipeline target judged on passing recipes only. Default: none")  # fmt: skip
+    s.add_argument("--accuracy", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="`pytest reference`'s accuracy-*.json: each column's engines' verdict, and the targets judged "
+                        "on recipes whose engines pass. Default: none")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace an existing report. Default: off")
     c = sub.add_parser("scaling", help="pytest-benchmark JSON of the batch and step sweeps -> markdown + PNG")
     c.add_argument("results", type=Path, nargs="+")
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     writer = {"accuracy": accuracy.write_report, "speedup": speedup.write_report, "scaling": scaling.write_report,
               "pd": pd.write_report}[args.kind]  # fmt: skip
-    extra = {"quality": args.quality} if args.kind == "speedup" else {}
+    extra = {"quality": args.quality, "accuracy": args.accuracy} if args.kind == "speedup" else {}
     try:
         print(f"wrote {writer(args.results, args.out, overwrite=args.overwrite, **extra)}")
     except (OSError, ValueError, KeyError) as e:

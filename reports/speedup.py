@@ -211,16 +211,31 @@ def image_verdicts(quality: dict | None) -> dict[str, str]:
     return {r.name: "reference" if r.name == LADDER[0].name else found.get(r.name, "not judged") for r in LADDER}
 
 
-def verdict(ms: float, target: float, runs: int, needed: int, images: str | None) -> str:
-    """Whether a figure meets its target: a median that beats it, over enough runs, of a recipe whose images pass
-    (`images` None: no image verdicts given, so not judged on them)."""
+def verdict(ms: float, target: float, runs: int, needed: int, images: str | None, accuracy: str | None = None) -> str:
+    """Whether a figure meets its target: a median that beats it, over enough runs, of a recipe whose images and
+    engines pass their verdicts (`images`, `accuracy` None: not given, so not judged on them)."""
     if pd.isna(ms):
         return "not measured"
     if ms > target:
         return "no"
+    if accuracy is not None and accuracy != "pass":
+        return f"no: accuracy {accuracy}"
     if images is not None and images not in ("pass", "reference"):
         return f"no: images {images}"
     return "yes" if runs >= needed else f"not shown: {runs} of {needed} runs"
+
+
+def accuracy_verdicts(summary: pd.DataFrame) -> dict[str, str]:
+    """Recipe name -> its accuracy verdict (reports/accuracy.md's summary): pass when every engine it builds passes
+    mark by mark, else the first other status with its component; `not judged` where an engine was not run."""
+    status = dict(zip(summary["engine"], summary["status"], strict=True)) if len(summary) else {}
+    out = {}
+    for r in LADDER:
+        got = {c: status.get(b.id) for c, b in r.builds.items()}
+        bad = [f"{s} ({c})" for c, s in got.items() if s not in (None, "pass")]
+        missing = [c for c, s in got.items() if s is None]
+        out[r.name] = bad[0] if bad else f"not judged ({', '.join(missing)})" if missing else "pass"
+    return out
 
 
 def floors(df: pd.DataFrame, recipe_name: str, steps: int = STEPS) -> dict[str, float]:
@@ -255,6 +270,7 @@ def against_targets(
     profiles: dict | None = None,
     also: dict | None = None,
     verdicts: dict | None = None,
+    accuracy: dict | None = None,
 ) -> pd.DataFrame:
     """Each target with its recipe's figure (the time table's), the runs behind it and their spread, the verdict, the
     floor, and where the time goes: the profile report of the recipe's engine (reports.profiles.index of the report's
@@ -278,11 +294,13 @@ def against_targets(
         found = (profiles or {}).get(engine_id(engine))
         links = [link for link in (profile, f"[{found}]({found})" if found else "", also_for(also, row)) if link]
         images = verdicts.get(name) if verdicts is not None else None
+        engines = accuracy.get(name) if accuracy is not None else None
         rows.append({
             "figure": f"{name}: {ROWS[row]}", "ms": ms,
             "spread": f"{low:.3f}-{high:.3f}" if n > 1 else "-", "runs": n,
             "target ms": target, "ms / target": ms / target,
-            "met": verdict(ms, target, n, RUNS_NEEDED[row], images), "images": images or "-",
+            "met": verdict(ms, target, n, RUNS_NEEDED[row], images, engines), "images": images or "-",
+            "accuracy": engines or "-",
             "FLOP floor ms": floors(df, name)[row], "where the time goes": "; ".join(links) or "-",
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("figure")
@@ -360,6 +378,7 @@ def to_markdown(
     also: dict | None = None,
     quality: dict | None = None,
     scaling: bool = False,
+    accuracy: dict | None = None,
 ) -> str:
     table = speedup_table(df)
     fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
@@ -372,6 +391,10 @@ def to_markdown(
         row = pd.Series({r.name: verdicts[r.name] for r in LADDER})
         fmt_ms.loc["image verdict (pd.md)"] = row.reindex(fmt_ms.columns).fillna("")
         sp.loc["image verdict (pd.md)"] = row.reindex(sp.columns).fillna("")
+    if accuracy is not None:  # and its engines' verdict, mark by mark (reports/accuracy.md)
+        row = pd.Series(accuracy)
+        fmt_ms.loc["accuracy verdict (accuracy.md)"] = row.reindex(fmt_ms.columns).fillna("")
+        sp.loc["accuracy verdict (accuracy.md)"] = row.reindex(sp.columns).fillna("")
     eff, peak = efficiency(df, table)
 
     def cell(v: float, share: bool) -> str:
@@ -407,7 +430,7 @@ def to_markdown(
             + stages.round(2).to_markdown()
             + "\n"
         )
-    targets = against_targets(df, table, profiles, also, verdicts)
+    targets = against_targets(df, table, profiles, also, verdicts, accuracy)
     targets["FLOP floor ms"] = targets["FLOP floor ms"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
     parts.append(
         "## Against the performance targets\n\nEach target is a figure of one recipe, the time table's (a pipeline's "
@@ -476,11 +499,21 @@ def environment_of(machine: dict) -> dict:
     return env or {"machine": machine.get("node", "unknown"), "python": machine.get("python_version", "")}
 
 
-def write_report(paths: list[Path], out: Path, *, overwrite: bool = False, quality: Path | None = None) -> Path:
-    """`quality`: `python -m bench quality`'s JSON over the recipes' images, for the verdict beside each column."""
+def write_report(
+    paths: list[Path],
+    out: Path,
+    *,
+    overwrite: bool = False,
+    quality: Path | None = None,
+    accuracy: list[Path] | None = None,
+) -> Path:
+    """`quality`: `python -m bench quality`'s JSON over the recipes' images, for the image verdict beside each column;
+    `accuracy`: `pytest reference`'s result files, for the verdict of each column's engines."""
+    from reports.accuracy import load, summary
     from reports.profiles import index
 
     df, machine = load_runs(paths)
+    engines = accuracy_verdicts(summary(load(accuracy)[0])) if accuracy else None
     judged = read_result(quality, what=QUALITY_JSON, keys=("comparisons",)) if quality is not None else None
     out = check_writable(out, overwrite=overwrite)
     also = {"uvit": CEILINGS} if (out.parent / CEILINGS).exists() else {}
@@ -489,5 +522,5 @@ def write_report(paths: list[Path], out: Path, *, overwrite: bool = False, quali
         qenv = judged.get("env", {})
         env = {**env, "image verdicts": f"{Path(quality).name} ({qenv.get('gpu', '?')}, {qenv.get('commit', '?')})"}
     scaling = (out.parent / SCALING).exists()
-    out.write_text(to_markdown(df, env, index(out.parent), also, judged, scaling))
+    out.write_text(to_markdown(df, env, index(out.parent), also, judged, scaling, engines))
     return out

@@ -398,6 +398,30 @@ def test_a_target_is_met_by_repeated_runs_of_a_recipe_whose_images_pass(tmp_path
     assert t.loc["fast: pipeline", "spread"] == "380.000-385.000" and t.loc["fast: pipeline", "ms"] == 382.5
     assert speedup_table(df).loc["pipeline", "fast"] == 382.5  # the time table's figure is the same median
     assert against_targets(df, speedup_table(df)).loc["fast-fp8: pipeline", "met"] == "yes"  # without image verdicts
+    engines = {"fast": "FAIL (uvit)", "fast-fp8": "pass"}  # an engine of fast fails mark by mark
+    t = against_targets(df, speedup_table(df), verdicts=verdicts, accuracy=engines)
+    assert (
+        t.loc["fast: pipeline", "met"] == "no: accuracy FAIL (uvit)"
+        and t.loc["fast: pipeline", "accuracy"] == engines["fast"]
+    )
+
+
+def test_a_recipe_passes_its_accuracy_verdict_when_every_engine_it_builds_passes():
+    import pandas as pd
+
+    from engines.recipes import recipe
+    from reports.speedup import accuracy_verdicts
+
+    fast, fp8 = recipe("fast").builds, recipe("fast-fp8").builds
+    rows = [(b.id, "pass") for b in fast.values()] + [(fp8["uvit"].id, "FAIL")]
+    got = accuracy_verdicts(pd.DataFrame(rows, columns=["engine", "status"]))
+    assert got["fast"] == "pass"
+    assert got["fast-fp8"] == "FAIL (uvit)"  # its CLIP and decoder are fast's, which pass
+    assert got["pytorch-fp32"] == "not judged (clip, uvit, decoder)"
+    unverifiable = rows[:2] + [(fast["decoder"].id, "unverifiable")]
+    assert (
+        accuracy_verdicts(pd.DataFrame(unverifiable, columns=["engine", "status"]))["fast"] == "unverifiable (decoder)"
+    )
 
 
 def pd_isna(value: object) -> bool:
@@ -492,6 +516,7 @@ def test_the_committed_reports_are_made_from_the_committed_data(tmp_path):
         shutil.copy(here / name, tmp_path / name)
     made = scaling.write_report(sorted(data.glob("scaling-*.json")), tmp_path / "made" / "scaling.md")
     assert made.read_text() == (here / "scaling.md").read_text()
-    quality = data / "quality.json"
-    made = speedup.write_report(sorted(data.glob("bench-*.json")), tmp_path / "speedup.md", quality=quality)
+    quality, accuracy = data / "quality.json", sorted(data.glob("*-accuracy-*.json"))
+    made = speedup.write_report(sorted(data.glob("bench-*.json")), tmp_path / "speedup.md", quality=quality,
+                                accuracy=accuracy)  # fmt: skip
     assert made.read_text() == (here / "speedup.md").read_text()
