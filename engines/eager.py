@@ -22,7 +22,7 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
     return module
 
 
-ATTENTION = ("math", "sdpa", "triton")
+ATTENTION = ("math", "sdpa", "triton", "int8")
 EXPORTABLE = ("math", "sdpa")  # what an ONNX export (onnxruntime, TensorRT) can carry
 
 
@@ -30,18 +30,27 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
     """`math`: the reference's explicit softmax(QK^T)V; `sdpa`: torch's scaled_dot_product_attention, which picks a
     fused kernel (flash, memory-efficient, cuDNN) by shape and dtype; `triton`: our kernels (plugin.attention) reading
     the stacked q/k/v projection in place: CLIP's short-sequence one (with qkv=stacked) and the U-ViT's flash
-    attention; the decoder has none. `kinds`: those a backend can run (an exported graph cannot carry our kernels)."""
+    attention; the decoder has none; `int8`: the U-ViT's flash attention with q k^T in int8 (SageAttention's).
+    `kinds`: those a backend can run (an exported graph cannot carry our kernels). An attention that makes an
+    approximation of its own (reference.approximations) is left as it is under `math`."""
     if kind not in kinds:
         raise ValueError(f"unknown attention {kind!r}; choose from {list(kinds)}")
     from transformers import CLIPTextModel
     from transformers.models.clip.modeling_clip import CLIPAttention
 
-    from engines.fused import FlashAttention, StackedQKVAttention
+    from engines.fused import FlashAttention, Int8FlashAttention, StackedQKVAttention
     from reference import uvit as uv
 
+    ours = {"triton": FlashAttention, "int8": Int8FlashAttention}
     for m in module.modules():
         if isinstance(m, uv.Attention):
-            m.__class__ = FlashAttention if kind == "triton" else uv.Attention
+            if type(m) not in (uv.Attention, *ours.values()):  # an approximation's reference (its oracle)
+                if kind != "math":
+                    raise ValueError(
+                        f"{type(m).__name__} computes its own attention; attention={kind} would replace it"
+                    )
+                continue
+            m.__class__ = ours.get(kind, uv.Attention)
             m.sdpa = kind == "sdpa"
         elif isinstance(m, ae.AttnBlock):
             if kind == "triton":
@@ -91,6 +100,8 @@ def approximations(opts: dict, *, precision: str, device: torch.device) -> tuple
     made = set()
     if opts["mlp"] == "epilogue" and device.type == "cuda":
         made.add("gelu=tanh")
+    if opts["attention"] == "int8":
+        made.add("attention=int8")
     if precision == "fp8":
         made.add(f"fp8={opts['fp8_scaling']}")
         made.update(["gelu=tanh"] if opts["fp8_gelu"] == "tanh" else [])

@@ -69,6 +69,18 @@ class FlashAttention(uv.Attention):
         return self.proj(flash_attention(qkv, self.scale))
 
 
+class Int8FlashAttention(uv.Attention):
+    """`attention=int8`: FlashAttention's layout with q k^T an int8 product (plugin.attention.flash_attention_int8),
+    which the engine declares (reference.approximations, `attention=int8`)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+        from plugin.attention import flash_attention_int8
+
+        B, L, C = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads)
+        return self.proj(flash_attention_int8(qkv, self.scale))
+
+
 class SubpixelUpsample(ae.Upsample):
     """The reference's conv3x3(upsample_nearest_2x(x)), computed on x itself.
 

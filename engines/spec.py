@@ -80,7 +80,7 @@ class UViTOptions:
     long_skip: str = "concat"  # split: an out-block's skip_linear as two GEMMs into one output, no concatenation
     guidance: str = "batched"  # two-calls: conditional and unconditional as upstream runs them
     fp8: Fp8Options | None = None  # precision fp8 only
-    CHOICES: ClassVar = {"attention": ("math", "sdpa", "triton"), "mlp": ("reference", "epilogue"),
+    CHOICES: ClassVar = {"attention": ("math", "sdpa", "triton", "int8"), "mlp": ("reference", "epilogue"),
                          "long_skip": ("concat", "split"), "guidance": ("batched", "two-calls")}  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -298,8 +298,8 @@ def _check_exported(backend: str, given: dict[str, object]) -> None:
     if foreign:
         carried = list(EXPORTED[backend])
         raise SpecError(f"{foreign} do not apply to {backend}: an exported graph carries only {carried}")
-    if given.get("attention") == "triton":
-        raise SpecError(f"attention=triton is our kernels, which an export to {backend} cannot carry")
+    if given.get("attention") in ("triton", "int8"):
+        raise SpecError(f"attention={given['attention']} is our kernels, which an export to {backend} cannot carry")
 
 
 EXTRAS = ("uint8", "fault")  # in an engine's id, not options: the decoder's uint8 output, an injected fault

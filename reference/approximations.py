@@ -10,6 +10,11 @@ image verdicts to say (bench/verdicts.py). An approximation no engine declares i
     fp8=row       maximum over 448: the whole tensor's, or each row's: each token's, each output channel's), rounded
                   to e4m3, multiplied back. Written here from the recipe, independently of engines/fp8.py, so that a
                   bug there is not copied into its oracle.
+    attention=int8
+                  the U-ViT attention's scores from int8 values: the keys less their mean over the tokens (a constant
+                  per query, which the softmax cancels), then q and k each divided by a scale per row (each token of
+                  each head: its absolute maximum over 127), rounded half away from zero, multiplied back; the rest
+                  exact. Written from SageAttention's recipe, independently of plugin/attention.py.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from torch import Tensor, nn
 
 from reference import uvit as uv
 
-APPROXIMATIONS = ("gelu=tanh", "fp8=tensor", "fp8=row")
+APPROXIMATIONS = ("gelu=tanh", "fp8=tensor", "fp8=row", "attention=int8")
+INT8_MAX = 127.0
 FP8_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "skip_linear")  # per U-ViT block
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 
@@ -59,6 +65,33 @@ def emulate_linear(
     return y
 
 
+def int8_rows(x: Tensor) -> Tensor:
+    """x rounded through int8 with a scale per row (of the last axis), its absolute maximum over 127, half away from
+    zero; the division in at least fp32."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    scale = (wide.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(1e-12)
+    y = (wide / scale).clamp(-INT8_MAX, INT8_MAX)
+    return (torch.trunc(y + torch.where(y < 0, -0.5, 0.5)) * scale).to(x.dtype)
+
+
+def int8_attention(qkv: Tensor, scale: float) -> Tensor:
+    """softmax(Q(q) Q(k - mean k)^T * scale) v for stacked (B, L, 3, H, D) q/k/v, Q rounding each row through int8;
+    returns (B, L, H * D) in qkv's dtype."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
+    k = k - k.mean(dim=-2, keepdim=True)
+    s = int8_rows(q) @ int8_rows(k).transpose(-2, -1) * scale
+    return (s.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
+
+
+class Int8AttentionEmulation(uv.Attention):
+    """The U-ViT attention with its scores from int8 q and smoothed k (int8_attention)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)
+        return self.proj(int8_attention(qkv, self.scale))
+
+
 class Fp8Emulation(nn.Linear):
     """nn.Linear whose input and weight are fake-quantised to e4m3: y = Q(x) Q(W)^T + b, in the module's dtype."""
 
@@ -84,6 +117,8 @@ def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module
     for block in blocks:
         if "gelu=tanh" in approximations:
             block.mlp.act = nn.GELU(approximate="tanh")
+        if "attention=int8" in approximations:
+            block.attn.__class__ = Int8AttentionEmulation  # same parameters and marks, another forward
         scaling = next((a for a in approximations if a.startswith("fp8=")), None)
         if scaling is not None:
             cls = Fp8RowEmulation if scaling == "fp8=row" else Fp8Emulation

@@ -61,8 +61,23 @@ def test_triton_attention_is_uvit_attention(models, kernel_device):
     assert sum(p.numel() for p in swapped.parameters()) == sum(p.numel() for p in module.parameters())
 
 
+def test_int8_attention_is_the_uvit_making_its_approximation(models, kernel_device):
+    """plugin.attention.flash_attention_int8 in every U-ViT block: every mark within fp32 rounding of the reference
+    that rounds q and the smoothed k through int8 the same way (reference.approximations, declared by the engine), and
+    away from the reference that does not."""
+    dev = torch.device(kernel_device)
+    on = models if dev.type == "cpu" else load_models(ModelConfig.from_name("tiny"), seed=0).to(dev)
+    engine = engine_against_eager(on, "uvit", device=dev, attention="int8")
+    assert engine.approximations == ("attention=int8",) and engine.meta["attention"] == "int8"
+    inputs = example_inputs("uvit", on.config, device=dev)
+    exact = build_engine("uvit", on, precision="fp64").output(**inputs)
+    assert rel_l2(engine.output(**inputs).double(), exact) > 1e-4  # the approximation is there to be judged
+
+
 def test_triton_attention_through_the_interpreter():
-    rerun_under_interpreter(__file__, "triton_attention_is_clip_attention or triton_attention_is_uvit_attention")
+    rerun_under_interpreter(
+        __file__, "triton_attention_is_clip_attention or triton_attention_is_uvit_attention or int8_attention_is_the"
+    )
 
 
 @pytest.mark.parametrize(

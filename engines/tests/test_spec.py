@@ -42,6 +42,12 @@ def test_the_fast_fp8_recipe_is_typed():
         (("uvit", "inductor", "fp8"), {"fp8_quantize": "triton"}, "add fp8_scaling=row"),
         (("uvit", "inductor", "fp8"), {"fp8_layernorm": "triton", "fp8_scaling": "row"}, "add fp8_quantize=triton"),
         (("uvit", "inductor", "fp8"), {"mlp": "epilogue"}, "choose one"),
+        (
+            ("clip",),
+            {"attention": "int8"},
+            r"attention='int8' is not a choice; choose from \['math', 'sdpa', 'triton'\]",
+        ),
+        (("uvit", "onnxruntime"), {"attention": "int8"}, "attention=int8 is our kernels, which an export to onnxrun"),
         (("decoder", "inductor", "fp8"), {}, "fp8 applies to the U-ViT's block linears"),
         (("decoder", "trtllm"), {"groupnorm": "layer"}, r"groupnorm='layer' is not a choice; choose from \['plugin'"),
         (("uvit", "trtllm"), {"groupnorm": "trt"}, "groupnorm applies to the decoder"),

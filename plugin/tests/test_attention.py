@@ -73,6 +73,33 @@ def test_flash_matches_fp64_attention(kernel_device, shape, dtype):
     assert rel < TOL[dtype], rel
 
 
+INT8_TOL = {torch.float32: 1e-5, torch.float16: 2e-3}  # against its emulation: rounding, not the approximation
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("shape", FLASH_SHAPES, ids=["x".join(map(str, s)) for s in FLASH_SHAPES])
+def test_int8_flash_is_its_emulation(kernel_device, shape, dtype):
+    """flash_attention_int8 against reference.approximations.int8_attention (written apart from it) on the same
+    values, within the rounding of the kernel's dtype; keys share an offset that the smoothing removes, and tokens
+    past L are NaN."""
+    from plugin.attention import flash_attention_int8
+    from reference.approximations import int8_attention
+
+    B, L, H, D = shape
+    g = torch.Generator().manual_seed(L * 1000 + H)
+    buffer = torch.full((B, L + 7, 3, H, D), float("nan"))
+    buffer[:, :L] = torch.randn(B, L, 3, H, D, generator=g) * 2
+    buffer[:, :L, 1] += torch.randn(1, 1, H, D, generator=g) * 4  # what every key shares
+    qkv = buffer.to(kernel_device, dtype)[:, :L]
+    got = flash_attention_int8(qkv, D**-0.5)
+    want = int8_attention(qkv.cpu().float(), D**-0.5).double()  # rounded as the kernel rounds: in fp32
+    assert got.shape == (B, L, H * D) and got.dtype == dtype
+    rel = ((got.cpu().double() - want).norm() / want.norm()).item()
+    assert rel < INT8_TOL[dtype], rel
+    exact = reference(qkv.cpu().contiguous(), None, D**-0.5)
+    assert ((want - exact).norm() / exact.norm()).item() < 0.05  # the approximation itself: a few percent here
+
+
 def test_bad_inputs_are_named(kernel_device):
     from plugin.attention import flash_attention, short_attention
 
@@ -105,9 +132,9 @@ def test_a_fully_masked_key_gets_no_weight(kernel_device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", ["short", "flash"])
+@pytest.mark.parametrize("kernel", ["short", "flash", "int8"])
 def test_works_inside_torch_compile_and_cuda_graphs(kernel):
-    from plugin.attention import flash_attention, short_attention
+    from plugin.attention import flash_attention, flash_attention_int8, short_attention
 
     if INTERPRETING:
         pytest.skip("compile and graphs need the GPU kernels, not the interpreter")
@@ -117,7 +144,8 @@ def test_works_inside_torch_compile_and_cuda_graphs(kernel):
         op = lambda t: short_attention(t, mask, 0.125)  # noqa: E731
     else:
         qkv = torch.randn(2, 1105, 3, 24, 64, device="cuda", dtype=torch.float16)
-        op = lambda t: flash_attention(t, 0.125)  # noqa: E731
+        kernel_op = flash_attention if kernel == "flash" else flash_attention_int8
+        op = lambda t: kernel_op(t, 0.125)  # noqa: E731
     expect = op(qkv)
     torch.testing.assert_close(torch.compile(op, fullgraph=True)(qkv), expect)
     static = qkv.clone()
