@@ -155,6 +155,9 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker.removeprefix("gw")) % n)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
     config.addinivalue_line("markers", "slow: takes minutes on a CPU")
+    if config.getoption("--bench-protocol") == "seed" and config.getoption("--bench-batch") != [1]:
+        raise pytest.UsageError("--bench-protocol seed times the 40 pairs one image at a time, as the original work; "
+                                "--bench-batch above 1 runs with the quick protocol")  # fmt: skip
     report = config.getoption("--accuracy-report")
     if report is not None and report.exists() and not config.getoption("--overwrite-reports"):
         raise pytest.UsageError(f"{report} exists; pass --overwrite-reports to replace it")

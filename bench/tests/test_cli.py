@@ -78,6 +78,14 @@ def test_pytest_options_are_validated_at_parse_time(pytester, option, value, mes
     assert result.ret == 4  # usage error: nothing ran
 
 
+def test_batches_and_the_seed_protocol_are_refused_together(pytester):
+    test_file = Path(__file__).with_name("test_flops.py")
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file),
+                          "--bench-protocol", "seed", "--bench-batch", "1,4")  # fmt: skip
+    result.stderr.fnmatch_lines(["*--bench-batch above 1 runs with the quick protocol*"])
+    assert result.ret == 4  # usage error: nothing ran
+
+
 def test_bench_recipes_keeps_those_recipes_pipelines_and_every_other_benchmark(pytester):
     bench_dir = Path(__file__).resolve().parents[1]
     args = [str(bench_dir / "bench_pipeline.py"), str(bench_dir / "bench_components.py")]
