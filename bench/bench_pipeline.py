@@ -20,7 +20,7 @@ from bench.clocks import ClockSampler
 from bench.flops import pipeline_flops
 from bench.ladder import LADDER, recipe_engines
 from bench.ladder import stages as pipeline_stages
-from bench.timing import Events, allocated_mib, cuda_clock, peak_memory_mib, release, reset_peak_memory, summary_ms
+from bench.timing import Events, allocated_mib, cuda_clock, free_memory, peak_memory_mib, reset_peak_memory, summary_ms
 from reference.dpm_solver import STEPS, make_plan
 from reference.images import save_result
 from reference.pipeline import Pipeline, Result
@@ -116,7 +116,7 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
         benchmark.extra_info["footprint_mib"] = peak if device.type == "cuda" else None  # CUDA's allocator counts it
         for e in engines.values():
             e.close()
-        release(device)
+        free_memory(device)
     folder = recipe.name + (f"-{steps}steps" if steps != STEPS else "") + (f"-batch{batch}" if batch != 1 else "")
     _save(pytestconfig.getoption("--bench-images") / folder, results[warmup * batch :], benchmark.extra_info)
     last = results[-1][1]

@@ -79,7 +79,7 @@ def allocated_mib(device: torch.device) -> float:
     return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
-def release(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
     """Hand the memory of closed engines back: their CUDA graphs' pools go once nothing refers to them."""
     gc.collect()
     if device.type == "cuda":
