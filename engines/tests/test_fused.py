@@ -74,6 +74,22 @@ def test_int8_attention_is_the_uvit_making_its_approximation(models, kernel_devi
     assert rel_l2(engine.output(**inputs).double(), exact) > 1e-4  # the approximation is there to be judged
 
 
+def test_an_approximations_own_attention_is_kept_or_refused(models):
+    """The reference that makes attention=int8 keeps its attention under the default `math`, and refuses another
+    kind, which would silently replace the approximation it is there to make."""
+    from reference.approximations import Int8AttentionEmulation, approximate
+
+    module = approximate(component_module("uvit", models), ("attention=int8",))
+    engine = build_engine("uvit", models, module=module, precision="fp64")
+    assert engine.meta["attention"] == "math"
+    with pytest.raises(ValueError, match="Int8AttentionEmulation computes its own attention; attention=sdpa would"):
+        build_engine("uvit", models, module=module, attention="sdpa")
+    from reference import uvit as uv
+
+    blocks = sum(isinstance(m, uv.Block) for m in module.modules())
+    assert blocks and sum(type(m) is Int8AttentionEmulation for m in module.modules()) == blocks
+
+
 def test_triton_attention_through_the_interpreter():
     rerun_under_interpreter(
         __file__, "triton_attention_is_clip_attention or triton_attention_is_uvit_attention or int8_attention_is_the"
