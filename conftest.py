@@ -53,6 +53,15 @@ def _counts(kind: str):
     return parse
 
 
+def _engine_id(text: str):
+    from engines.spec import EngineSpec, SpecError
+
+    try:
+        return EngineSpec.parse(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _recipes(text: str) -> list[str]:
     from engines.recipes import LADDER
 
@@ -104,9 +113,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also write the accuracy markdown report (and its PNG) here. Default: %(default)r")  # fmt: skip
     g.addoption("--overwrite-reports", action="store_true", default=False,
                 help="allow --accuracy-report to replace an existing file. Default: %(default)r")  # fmt: skip
-    g.addoption("--bench-set", metavar="SET", default="all", choices=["all", "ladder", "matrix"],
-                help="component benchmarks: the speed-up table's columns (ladder), the engine matrix, or all. "
+    g.addoption("--bench-set", metavar="SET", default="all", choices=["all", "ladder", "matrix", "none"],
+                help="component benchmarks: the speed-up table's columns (ladder), the engine matrix, all, or none "
+                     "(only --bench-engine's). "
                      "Default: %(default)r")  # fmt: skip
+    g.addoption("--bench-engine", metavar="ID", action="append", default=[], type=_engine_id,
+                help="component benchmarks: also this engine, by its id (engines/spec.py), e.g. "
+                     "'uvit/inductor/fp16/graph+attention=triton'; repeatable. Default: none")  # fmt: skip
     g.addoption("--bench-rounds", metavar="N", default=0, type=int,
                 help="timed rounds (0: 20 per component and 3 images on a GPU, 2 and 1 on a CPU). "
                      "Default: %(default)r")  # fmt: skip
@@ -202,7 +215,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
         spec = item.callspec.params.get("engine_spec") if hasattr(item, "callspec") else None
         if spec is not None:
-            why = unavailable(spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph)
+            why = unavailable(spec.backend, device=device, precision=spec.precision, cuda_graph=spec.cuda_graph,
+                              options=spec.flat())  # fmt: skip
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
 

@@ -27,6 +27,8 @@ def _cases(config: pytest.Config) -> list[tuple[str, EngineSpec]]:
     if which in ("all", "matrix"):
         for s in matrix(config).specs():
             cases[(s.component, s)] = None
+    for s in config.getoption("--bench-engine"):
+        cases[(s.component, s)] = None
     return list(cases)
 
 
@@ -53,7 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         builds = [params["bench_case"]] if "bench_case" in params else []
         builds += list(params["recipe"].builds.items()) if "recipe" in params else []
         for _, b in builds:
-            why = unavailable(b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph)
+            why = unavailable(b.backend, device=device, precision=b.precision, cuda_graph=b.cuda_graph,
+                              options=b.flat())  # fmt: skip
             if not why and device.type == "cpu" and b.precision in CPU_EMULATED:
                 why = CPU_EMULATED[b.precision]
             if why:

@@ -22,7 +22,7 @@ def swap_groupnorm(module: nn.Module, kernel: str) -> nn.Module:
     return module
 
 
-ATTENTION = ("math", "sdpa", "triton", "int8")
+ATTENTION = ("math", "sdpa", "triton", "sageattention")
 EXPORTABLE = ("math", "sdpa")  # what an ONNX export (onnxruntime, TensorRT) can carry
 
 
@@ -30,7 +30,7 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
     """`math`: the reference's explicit softmax(QK^T)V; `sdpa`: torch's scaled_dot_product_attention, which picks a
     fused kernel (flash, memory-efficient, cuDNN) by shape and dtype; `triton`: our kernels (plugin.attention) reading
     the stacked q/k/v projection in place: CLIP's short-sequence one (with qkv=stacked) and the U-ViT's flash
-    attention; the decoder has none; `int8`: the U-ViT's flash attention with q k^T in int8 (SageAttention's).
+    attention; the decoder has none; `sageattention`: SageAttention's kernels for the U-ViT (engines.alternatives).
     `kinds`: those a backend can run (an exported graph cannot carry our kernels). An attention that makes an
     approximation of its own (reference.approximations) is left as it is under `math`."""
     if kind not in kinds:
@@ -38,10 +38,11 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
     from transformers import CLIPTextModel
     from transformers.models.clip.modeling_clip import CLIPAttention
 
-    from engines.fused import FlashAttention, Int8FlashAttention, StackedQKVAttention
+    from engines.alternatives import SageAttention
+    from engines.fused import FlashAttention, StackedQKVAttention
     from reference import uvit as uv
 
-    ours = {"triton": FlashAttention, "int8": Int8FlashAttention}
+    ours = {"triton": FlashAttention, "sageattention": SageAttention}
     for m in module.modules():
         if isinstance(m, uv.Attention):
             if type(m) not in (uv.Attention, *ours.values()):  # an approximation's reference (its oracle)
@@ -50,11 +51,14 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
                         f"{type(m).__name__} computes its own attention; attention={kind} would replace it"
                     )
                 continue
-            m.__class__ = ours.get(kind, uv.Attention)
+            if kind == "sageattention":
+                SageAttention.swap(m)
+            else:
+                m.__class__ = ours.get(kind, uv.Attention)
             m.sdpa = kind == "sdpa"
         elif isinstance(m, ae.AttnBlock):
-            if kind == "triton":
-                raise ValueError("attention=triton has kernels for CLIP and the U-ViT; the decoder takes math or sdpa")
+            if kind not in ("math", "sdpa"):
+                raise ValueError(f"attention={kind} has no kernel for the decoder; the decoder takes math or sdpa")
             m.sdpa = kind == "sdpa"
         elif isinstance(m, CLIPTextModel):  # triton takes the causal mask as eager builds it: additive, 4-d
             m.config._attn_implementation = "sdpa" if kind == "sdpa" else "eager"
@@ -100,10 +104,10 @@ def approximations(opts: dict, *, precision: str, device: torch.device) -> tuple
     made = set()
     if opts["mlp"] == "epilogue" and device.type == "cuda":
         made.add("gelu=tanh")
-    if opts["attention"] == "int8":
-        made.add("attention=int8")
+    if opts["attention"] == "sageattention":
+        made.add("attention=int8-blocks")
     if precision == "fp8":
-        made.add(f"fp8={opts['fp8_scaling']}")
+        made.add("fp8=torchao-row" if opts["fp8_kernels"] == "torchao" else f"fp8={opts['fp8_scaling']}")
         made.update(["gelu=tanh"] if opts["fp8_gelu"] == "tanh" else [])
     return tuple(sorted(made))
 

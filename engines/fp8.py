@@ -19,6 +19,8 @@ tolerance rule (reference/tolerances.py). Engine options:
     fp8_gelu=tanh           (with fp8_quantize=triton) the GELU folded into fc2's quantisation in its tanh form, with
                             the GPU's approximate tanh instruction, instead of erf (the default): the form the fp16
                             recipe's cuBLASLt epilogue computes (mlp=epilogue).
+    fp8_kernels=torchao     torchao's float8 inference instead of ours (engines.alternatives), per row (with
+                            fp8_scaling=row) and with fp8_accumulate; the other options are our kernels.
     fp8_layernorm=triton    (with fp8_quantize=triton) each block LayerNorm, with the residual add before it, in one
                             launch of our kernel (plugin.fp8.add_layernorm_quantize) that also quantises its output for
                             the FP8 linear after it: fc1's, the next block's qkv, or the next out-block's skip_linear,
@@ -145,6 +147,10 @@ def swap_linears(module: nn.Module, **options: str) -> int:
 
     check_options(**options)
     options = dict(options)
+    if options.pop("fp8_kernels", OPTIONS["fp8_kernels"][0]) == "torchao":
+        from engines.alternatives import torchao_linears
+
+        return torchao_linears(module, LINEARS_PER_BLOCK, fast=options.get("fp8_accumulate") == "fast")
     gelu, triton = options.pop("fp8_gelu", OPTIONS["fp8_gelu"][0]), options.get("fp8_quantize") == "triton"
     if options.pop("fp8_layernorm", OPTIONS["fp8_layernorm"][0]) == "triton":
         swap_layernorms(module)

@@ -4,10 +4,6 @@ suite shows what each costs.
     mlp=epilogue   U-ViT fc1 + bias + GELU as one cuBLASLt GEMM with its GELU epilogue (torch._addmm_activation):
                    the separate GELU pass over the (2210, 6144) hidden activations goes. On CUDA the epilogue is the
                    tanh approximation of GELU (the reference's nn.GELU is the exact one); on the CPU it is exact.
-    long_skip=split
-                   a U-ViT out-block's skip_linear(cat([x, skip])) as x W_x^T + b, then skip W_s^T added by a second
-                   GEMM into the same output (SplitSkipBlock): the (2210, 3072) concatenation is never written. The
-                   same products, summed in another order.
     qkv=stacked    CLIP's q, k and v projections as one Linear: at 77 tokens each GEMM is a few microseconds of a
                    mostly idle GPU, so one launch three times as wide replaces three.
     upsample=subpixel
@@ -40,23 +36,6 @@ class EpilogueMlp(uv.Mlp):
         return self.fc2(h.view(*lead, -1))
 
 
-class SplitSkipBlock(uv.Block):
-    """An out-block whose skip_linear reads x and the skip where they are: its weight's two halves as two GEMMs, the
-    second accumulating into the first's output (addmm with that output as the bias). skip_linear keeps its parameters;
-    its module is not called, so a mark on it is refused."""
-
-    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:  # (B, L, D)
-        if self.skip_linear is None:
-            return super().forward(x, skip)
-        lead, D = x.shape[:-1], x.shape[-1]
-        w = self.skip_linear.weight  # (D, 2D): [W_x | W_s], as cat([x, skip]) orders them
-        y = torch.addmm(self.skip_linear.bias, x.reshape(-1, D), w[:, :D].t())
-        y = torch.addmm(y, skip.reshape(-1, D), w[:, D:].t())
-        x = self.norm1(y.view(*lead, -1))  # then the block as reference.uvit.Block runs it
-        x = self.norm2(x + self.attn(x))
-        return self.norm3(x + self.mlp(x))
-
-
 class FlashAttention(uv.Attention):
     """The U-ViT's attention with its q/k/v projection read in place by our Triton kernel (`attention=triton`,
     plugin.attention.flash_attention): no copy into heads or back, scores and softmax in fp32."""
@@ -67,18 +46,6 @@ class FlashAttention(uv.Attention):
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads)
         return self.proj(flash_attention(qkv, self.scale))
-
-
-class Int8FlashAttention(uv.Attention):
-    """`attention=int8`: FlashAttention's layout with q k^T an int8 product (plugin.attention.flash_attention_int8),
-    which the engine declares (reference.approximations, `attention=int8`)."""
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
-        from plugin.attention import flash_attention_int8
-
-        B, L, C = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads)
-        return self.proj(flash_attention_int8(qkv, self.scale))
 
 
 class SubpixelUpsample(ae.Upsample):
@@ -302,11 +269,6 @@ def apply(module: nn.Module, options: Mapping[str, object]) -> nn.Module:
     for m in module.modules():
         if mlp == "epilogue" and type(m) is uv.Mlp:
             m.__class__ = EpilogueMlp  # same parameters and hooks, another forward
-        if options["long_skip"] == "split" and type(m) is uv.Block and m.skip_linear is not None:
-            if m.skip_linear._forward_hooks or m.skip_linear._forward_pre_hooks:
-                raise ValueError("long_skip=split runs skip_linear's weight as two GEMMs without calling the module, "
-                                 "so it has nothing to mark: mark the block or its norm1 instead")  # fmt: skip
-            m.__class__ = SplitSkipBlock
         if upsample == "subpixel" and type(m) is ae.Upsample:
             m.__class__ = SubpixelUpsample
             m.fold()

@@ -3,8 +3,9 @@
 The first two reproduce the seed's PyTorch columns: the strict-fp32 reference (U-ViT guidance as two calls, like
 upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and decoder in fp32). The seed's TensorRT columns
 become the best engine we can run here, Inductor; `fast` is the fastest accurate configuration measured, `fast-fp8` the
-same with FP8 U-ViT block linears and our U-ViT attention. What each fast option bought, and what was dropped, is
-docs/performance.md. Imports no torch.
+same with FP8 U-ViT block linears and our U-ViT attention; `torchao-fp8` and `sageattention` put what a user would pick
+instead (torchao's float8 linears, SageAttention's attention) in place of ours in `fast`. What each fast option bought,
+and what was dropped, is docs/performance.md. Imports no torch.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def _all(backend: str, precision: str, cuda_graph: bool = False) -> dict[str, En
     return {c: EngineSpec.of(c, backend, precision, cuda_graph) for c in COMPONENTS}
 
 
+def _fast_but(component: str, precision: str, **changes: object) -> dict[str, EngineSpec]:
+    """`fast`'s engines with `component` at `precision` and its options changed (None: back to the default)."""
+    options = {**fast_options(component, "fp16"), **changes}
+    changed = EngineSpec.of(
+        component, "inductor", precision, True, **{k: v for k, v in options.items() if v is not None}
+    )
+    return {c: changed if c == component else fast(c, "fp16") for c in COMPONENTS}
+
+
 LADDER: list[Recipe] = [
     Recipe("pytorch-fp32", "PyTorch-FP32 (reference)", {
         "clip": EngineSpec.of("clip"),
@@ -66,6 +76,12 @@ LADDER: list[Recipe] = [
     Recipe("fast", "Inductor-FP16 + SDPA + whole-loop graph", {c: fast(c, "fp16") for c in COMPONENTS}, loop=True),
     Recipe("fast-fp8", "the same with FP8 U-ViT block linears (per-row scales) and our U-ViT attention",
            {c: fast(c, "fp8" if c == "uvit" else "fp16") for c in COMPONENTS}, loop=True),
+    # what a user would pick instead of our kernels (engines.alternatives), each in place of one of ours in `fast`
+    Recipe("torchao-fp8", "`fast` with torchao's float8 U-ViT block linears (per-row scales) instead of the epilogue",
+           _fast_but("uvit", "fp8", mlp=None, fp8_scaling="row", fp8_accumulate="fast", fp8_kernels="torchao"),
+           loop=True),
+    Recipe("sageattention", "`fast` with SageAttention 1.0.6's U-ViT attention",
+           _fast_but("uvit", "fp16", attention="sageattention"), loop=True),
 ]  # fmt: skip
 BASELINE = "pytorch-fp16-baseline"  # speed-ups are against this column, as in the seed's table
 

@@ -53,19 +53,28 @@ def require(backend: str) -> None:
             raise BackendUnavailable(f"{module} is not installed: {how}")
 
 
-def check_supported(backend: str, *, device: torch.device, precision: str, cuda_graph: bool) -> None:
-    """Raise BackendUnavailable when this machine cannot build the engine: a missing package, the device, or what
-    the backend itself cannot do (its registered limits)."""
+def check_supported(
+    backend: str, *, device: torch.device, precision: str, cuda_graph: bool, options: dict | None = None
+) -> None:
+    """Raise BackendUnavailable when this machine cannot build the engine: a missing package, the device, what the
+    backend itself cannot do (its registered limits), or an option's library (engines.alternatives)."""
+    from engines.alternatives import missing
+
     require(backend)
     check_device_support(device, precision=precision, cuda_graph=cuda_graph)
     if backend in LIMITS:
         LIMITS[backend](device=device, precision=precision, cuda_graph=cuda_graph)
+    if why := missing(options or {}, device):
+        raise BackendUnavailable(why)
 
 
-def unavailable(backend: str, *, device: torch.device, precision: str, cuda_graph: bool) -> str | None:
+def unavailable(
+    backend: str, *, device: torch.device, precision: str, cuda_graph: bool, options: dict | None = None
+) -> str | None:
     """Why this engine cannot be built here, or None: what a test reports as its skip reason."""
     try:
-        check_supported(check_backend(backend), device=device, precision=precision, cuda_graph=cuda_graph)
+        check_supported(check_backend(backend), device=device, precision=precision, cuda_graph=cuda_graph,
+                        options=options)  # fmt: skip
     except BackendUnavailable as e:
         return str(e)
     return None
@@ -192,7 +201,7 @@ def build_engine(
     guidance = getattr(spec.options, "guidance", "batched")
     source = module if module is not None else component_module(component, models, guidance=guidance)
     device = torch.device(device) if device is not None else next(source.parameters()).device
-    check_supported(spec.backend, device=device, precision=precision, cuda_graph=cuda_graph)
+    check_supported(spec.backend, device=device, precision=precision, cuda_graph=cuda_graph, options=spec.flat())
     marks = check_marks(component, source, tuple(marks))
     if postprocess and (component != "decoder" or marks or fault):
         raise ValueError("postprocess folds uint8 conversion into an unmarked, unfaulted decoder only")

@@ -48,11 +48,22 @@ class Fp8Options:
     quantize: str = "torch"  # triton: fc2's and attn.proj's inputs quantised by plugin/fp8.py
     gelu: str = "erf"  # tanh: the GELU folded into that quantiser, in its tanh form
     layernorm: str = "torch"  # triton: residual add + LayerNorm + quantisation in one launch
+    kernels: str = "ours"  # torchao: torchao's float8 inference (engines.alternatives)
     CHOICES: ClassVar = {"scaling": ("tensor", "row"), "accumulate": ("exact", "fast"), "quantize": ("torch", "triton"),
-                         "gelu": ("erf", "tanh"), "layernorm": ("torch", "triton")}  # fmt: skip
+                         "gelu": ("erf", "tanh"), "layernorm": ("torch", "triton"),
+                         "kernels": ("ours", "torchao")}  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        default = {f.name: f.default for f in fields(self)}
+        ours = [
+            f"fp8_{k}={getattr(self, k)}" for k in ("quantize", "gelu", "layernorm") if getattr(self, k) != default[k]
+        ]
+        if self.kernels == "torchao" and ours:
+            raise SpecError(f"fp8_kernels=torchao runs torchao's linears, not our kernels: leave {ours} out")
+        if self.kernels == "torchao" and self.scaling != "row":
+            raise SpecError("fp8_kernels=torchao runs torchao's per-row recipe (its PerRow granularity): add "
+                            "fp8_scaling=row")  # fmt: skip
         if self.quantize == "triton" and self.scaling != "row":
             raise SpecError("fp8_quantize=triton computes a scale per row: add fp8_scaling=row")
         if self.gelu == "tanh" and self.quantize != "triton":
@@ -75,22 +86,18 @@ class ClipOptions:
 
 @dataclass(frozen=True)
 class UViTOptions:
-    attention: str = "math"
+    attention: str = "math"  # also sageattention: SageAttention's kernels (engines.alternatives)
     mlp: str = "reference"  # epilogue: fc1 + bias + GELU as one cuBLASLt GEMM (its GELU is the tanh form)
-    long_skip: str = "concat"  # split: an out-block's skip_linear as two GEMMs into one output, no concatenation
     guidance: str = "batched"  # two-calls: conditional and unconditional as upstream runs them
     fp8: Fp8Options | None = None  # precision fp8 only
-    CHOICES: ClassVar = {"attention": ("math", "sdpa", "triton", "int8"), "mlp": ("reference", "epilogue"),
-                         "long_skip": ("concat", "split"), "guidance": ("batched", "two-calls")}  # fmt: skip
+    CHOICES: ClassVar = {"attention": ("math", "sdpa", "triton", "sageattention"), "mlp": ("reference", "epilogue"),
+                         "guidance": ("batched", "two-calls")}  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_choices(self)
         if self.fp8 is not None and self.mlp == "epilogue":
             raise SpecError("mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM, and precision fp8 makes it an FP8 GEMM: "
                             "choose one")  # fmt: skip
-        if self.fp8 is not None and self.long_skip == "split":
-            raise SpecError("long_skip=split runs skip_linear as two fp16 GEMMs, and precision fp8 makes it one FP8 "
-                            "GEMM of the concatenation quantised with the LayerNorm before it: choose one")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -298,8 +305,8 @@ def _check_exported(backend: str, given: dict[str, object]) -> None:
     if foreign:
         carried = list(EXPORTED[backend])
         raise SpecError(f"{foreign} do not apply to {backend}: an exported graph carries only {carried}")
-    if given.get("attention") in ("triton", "int8"):
-        raise SpecError(f"attention={given['attention']} is our kernels, which an export to {backend} cannot carry")
+    if given.get("attention") in ("triton", "sageattention"):
+        raise SpecError(f"attention={given['attention']} is a Triton kernel, which an export to {backend} cannot carry")
 
 
 EXTRAS = ("uint8", "fault")  # in an engine's id, not options: the decoder's uint8 output, an injected fault

@@ -16,11 +16,6 @@ at the U-ViT's 2 x 24 heads x 1105 tokens x 64 it took 46.9 us against 53.3 for 
 of torch's (flash 69.4), each timed as a CUDA graph of 20 calls. The tile below was the fastest of those tried: 32-128
 queries by 32-128 keys, 2-8 warps, 2-5 stages; the scale folded into q, exponentials in fp16 and TMA descriptor
 loads were all slower.
-`flash_attention_int8` (`unidiffuser::flash_attention_int8`): the same with q k^T an int8 product, as SageAttention
-does it: the keys less their mean over the head's tokens, then q and k rounded to int8 with a scale per row, the
-product accumulated in int32 and rescaled; the softmax and the product with v as above. Hopper multiplies int8 at
-twice fp16's rate (FP8's rate); half the attention's FLOPs are in q k^T. int8 rather than e4m3: 7 bits of mantissa
-against 3, at the same speed. reference.approximations emulates it (`attention=int8`).
 Imports nothing of the project.
 """
 
@@ -37,7 +32,6 @@ MAX_TOKENS = 256  # short_attention: all keys of a head sit in one tile
 BLOCK_M = 32  # short_attention: queries per program
 FLASH = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}  # flash_attention's tile, measured above
 MAX_HEAD = 128  # flash_attention: larger heads need smaller tiles than FLASH's
-INT8_MAX: tl.constexpr = 127.0
 
 
 @triton.jit
@@ -76,24 +70,9 @@ def _attention(qkv_ptr, mask_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_mb, s_m
 
 
 @triton.jit
-def _int8_rows(x):
-    """Rows of x (fp32) as int8 values and a scale each (absolute maximum / 127), as reference.approximations forms
-    them: the division in fp32, rounded half away from zero (the conversion truncates)."""
-    scale = tl.maximum(tl.max(tl.abs(x), 1) / INT8_MAX, 1e-12)
-    y = tl.clamp(x / scale[:, None], -INT8_MAX, INT8_MAX)
-    return (y + tl.where(y < 0, -0.5, 0.5)).to(tl.int8), scale
-
-
-@triton.jit
-def _online_softmax_step(q, q_scale, k, k_mean, v, m_i, l_i, acc, qk_scale, valid,
-                         MASK: tl.constexpr, INT8: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
-    """One block of keys: scores, the running maximum and sum rescaled, the weighted values added (log2 domain).
-    INT8: q is int8 with a scale per row, and the keys are rounded so too after their mean is taken off."""
-    if INT8:
-        k8, k_scale = _int8_rows(k.to(tl.float32) - k_mean[None, :])
-        s = tl.dot(q, tl.trans(k8)).to(tl.float32) * (q_scale[:, None] * k_scale[None, :] * qk_scale)
-    else:
-        s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale  # (BLOCK_M, BLOCK_N) fp32
+def _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, valid, MASK: tl.constexpr, DOT: tl.constexpr):
+    """One block of keys: scores, the running maximum and sum rescaled, the weighted values added (log2 domain)."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale  # (BLOCK_M, BLOCK_N) fp32
     if MASK:
         s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -104,19 +83,9 @@ def _online_softmax_step(q, q_scale, k, k_mean, v, m_i, l_i, acc, qk_scale, vali
 
 
 @triton.jit
-def _flash(qkv_ptr, kmean_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_ob, s_ol, s_oh, qk_scale,
-           INT8: tl.constexpr, DOT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-           BLOCK_N: tl.constexpr):  # fmt: skip
-    """INT8: q and k rounded to int8 per row (each query's and each key's scale) and q k^T an int8 product accumulated
-    in int32; k first less its mean over the head's tokens (SageAttention's smoothing: a constant per query row,
-    which the softmax cancels, and which would otherwise spend int8's range on what all keys share). Otherwise
-    kmean_ptr is not read."""
+def _flash(qkv_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_ob, s_ol, s_oh, qk_scale,
+           DOT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     b, h, rm, rn, rd, base, q = _query_tile(qkv_ptr, L, H, s_qb, s_ql, s_qh, D, BLOCK_M, BLOCK_N)
-    if INT8:
-        q, q_scale = _int8_rows(q.to(tl.float32))
-        k_mean = tl.load(kmean_ptr + (b * H + h) * D + rd)  # (D,) fp32
-    else:
-        q_scale, k_mean = qk_scale, qk_scale  # not read
     k_ptrs = base + s_qt + rn[:, None] * s_ql + rd[None, :]  # (BLOCK_N, D)
     v_ptrs = base + 2 * s_qt + rn[:, None] * s_ql + rd[None, :]
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -125,12 +94,12 @@ def _flash(qkv_ptr, kmean_ptr, o_ptr, L, H, s_qb, s_ql, s_qt, s_qh, s_ob, s_ol, 
     whole = (L // BLOCK_N) * BLOCK_N  # the blocks before the last partial one load and score without masks
     for start in range(0, whole, BLOCK_N):
         k, v = tl.load(k_ptrs + start * s_ql), tl.load(v_ptrs + start * s_ql)
-        m_i, l_i, acc = _online_softmax_step(q, q_scale, k, k_mean, v, m_i, l_i, acc, qk_scale, rn, False, INT8, DOT)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, rn, False, DOT)
     if whole < L:
         valid = whole + rn < L
         k = tl.load(k_ptrs + whole * s_ql, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptrs + whole * s_ql, mask=valid[:, None], other=0.0)
-        m_i, l_i, acc = _online_softmax_step(q, q_scale, k, k_mean, v, m_i, l_i, acc, qk_scale, valid, True, INT8, DOT)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, valid, True, DOT)
     tl.store(o_ptr + b * s_ob + rm[:, None] * s_ol + h * s_oh + rd[None, :],
              (acc / l_i[:, None]).to(o_ptr.dtype.element_ty), mask=rm[:, None] < L)  # fmt: skip
 
@@ -198,18 +167,13 @@ def _(qkv: Tensor, mask: Tensor | None, scale: float) -> Tensor:
 def flash_attention(qkv: Tensor, scale: float) -> Tensor:
     """softmax(q k^T * scale) v for each head, any length; qkv (B, L, 3, H, D); returns (B, L, H * D) in qkv's
     dtype."""
-    return _launch_flash(qkv, scale, "flash_attention")
-
-
-def _launch_flash(qkv: Tensor, scale: float, op: str, *, int8: bool = False) -> Tensor:
-    check_qkv(qkv, op, MAX_HEAD)
+    check_qkv(qkv, "flash_attention", MAX_HEAD)
     B, L, _, H, D = qkv.shape
     o = heads_out(qkv)
-    k_mean = qkv[:, :, 1].float().mean(dim=1).contiguous() if int8 else qkv  # (B, H, D); not read without int8
     grid = (triton.cdiv(L, FLASH["BLOCK_M"]), B * H)
     _flash[grid](
-        qkv, k_mean, o, L, H, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), o.stride(0), o.stride(1),
-        D, scale * math.log2(math.e), INT8=int8, DOT=dot_precision(qkv), D=D, **FLASH,
+        qkv, o, L, H, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), o.stride(0), o.stride(1), D,
+        scale * math.log2(math.e), DOT=dot_precision(qkv), D=D, **FLASH,
     )  # fmt: skip
     return o
 
@@ -217,17 +181,4 @@ def _launch_flash(qkv: Tensor, scale: float, op: str, *, int8: bool = False) -> 
 @flash_attention.register_fake
 def _(qkv: Tensor, scale: float) -> Tensor:
     check_qkv(qkv, "flash_attention", MAX_HEAD)
-    return heads_out(qkv)
-
-
-@torch.library.custom_op("unidiffuser::flash_attention_int8", mutates_args=())
-def flash_attention_int8(qkv: Tensor, scale: float) -> Tensor:
-    """flash_attention with q and the keys less their mean over the tokens rounded to int8 per row (a scale per query
-    and per key) and multiplied as int8; the softmax and the product with v as flash_attention's."""
-    return _launch_flash(qkv, scale, "flash_attention_int8", int8=True)
-
-
-@flash_attention_int8.register_fake
-def _(qkv: Tensor, scale: float) -> Tensor:
-    check_qkv(qkv, "flash_attention_int8", MAX_HEAD)
     return heads_out(qkv)

@@ -10,11 +10,17 @@ image verdicts to say (bench/verdicts.py). An approximation no engine declares i
     fp8=row       maximum over 448: the whole tensor's, or each row's: each token's, each output channel's), rounded
                   to e4m3, multiplied back. Written here from the recipe, independently of engines/fp8.py, so that a
                   bug there is not copied into its oracle.
-    attention=int8
-                  the U-ViT attention's scores from int8 values: the keys less their mean over the tokens (a constant
-                  per query, which the softmax cancels), then q and k each divided by a scale per row (each token of
-                  each head: its absolute maximum over 127), rounded half away from zero, multiplied back; the rest
-                  exact. Written from SageAttention's recipe, independently of plugin/attention.py.
+    fp8=torchao-row
+                  fp8=row as torchao 0.18 forms it (engines.alternatives, fp8_kernels=torchao): the weights first
+                  rounded to bf16 (its PerRow takes no other), and each scale amax / 448 computed in its tensor's own
+                  dtype, bf16 or the activations' fp16, so rounded to it; 1.8% of random weights' e4m3 codes then
+                  differ by a step from fp8=row's (measured).
+    attention=int8-blocks
+                  the U-ViT attention's scores from int8 values, as SageAttention 1.0.6 forms them (engines.alternatives
+                  runs its kernels): the keys less their mean over the tokens (a constant per query, which the softmax
+                  cancels), then q and k each divided by a scale per block of 128 queries or 64 keys of a head (its
+                  absolute maximum over 127), rounded half away from zero, multiplied back; the rest exact. Written
+                  from its paper's recipe, not its code.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 
 from reference import uvit as uv
 
-APPROXIMATIONS = ("gelu=tanh", "fp8=tensor", "fp8=row", "attention=int8")
+APPROXIMATIONS = ("gelu=tanh", "fp8=tensor", "fp8=row", "fp8=torchao-row", "attention=int8-blocks")
 INT8_MAX = 127.0
 FP8_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "skip_linear")  # per U-ViT block
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
@@ -37,59 +43,78 @@ def check_approximations(approximations: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [a for a in approximations if a not in APPROXIMATIONS]
     if unknown:
         raise ValueError(f"unknown approximations {unknown}; choose from {list(APPROXIMATIONS)}")
-    if "fp8=tensor" in approximations and "fp8=row" in approximations:
-        raise ValueError("fp8=tensor and fp8=row are two scalings of the same linears: choose one")
+    if sum(a.startswith("fp8=") for a in approximations) > 1:
+        raise ValueError(f"{[a for a in approximations if a.startswith('fp8=')]} are scalings of the same linears: "
+                         "choose one")  # fmt: skip
     return tuple(sorted(approximations))
 
 
-def fake_quantize(x: Tensor, *, rows: bool) -> Tensor:
+def fake_quantize(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = None) -> Tensor:
     """x rounded through e4m3 with a scale amax / 448 per tensor or per row (of the last axis), in x's dtype; the
-    division in at least fp32, as the engines' quantisers do it."""
+    division in at least fp32, as our quantisers do it, or in `scale_dtype`, as torchao's do it (its scale is then
+    rounded to that dtype)."""
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
-    amax = wide.abs().amax(dim=-1, keepdim=True) if rows else wide.abs().amax()
-    scale = (amax / E4M3_MAX).clamp_min(1e-12)
+    at = wide if scale_dtype is None else x.to(scale_dtype)
+    amax = at.abs().amax(dim=-1, keepdim=True) if rows else at.abs().amax()
+    scale = (amax / E4M3_MAX).to(wide.dtype).clamp_min(1e-12)
     q = (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return (q.to(wide.dtype) * scale).to(x.dtype)
 
 
+# fp8=torchao-row: torchao's PerRow takes bf16 weights, and forms each scale in its tensor's dtype
+TORCHAO_WEIGHTS = torch.bfloat16
+
+
 def emulate_linear(
-    linear: nn.Linear, x: Tensor, *, rows: bool, dtype: torch.dtype, gelu: str = "none", plain: bool = False
+    linear: nn.Linear, x: Tensor, *, scaling: str, dtype: torch.dtype, gelu: str = "none", plain: bool = False
 ) -> Tensor:
-    """What an FP8 linear of the recipe computes from its input x: the weight as an engine of `dtype` holds it, x
-    through the GELU the engine folds into the quantisation ("erf", "tanh" or "none"), both rounded through e4m3,
-    the product in fp64; with `plain`, all of it in `dtype`, as straightforward code at that precision would."""
+    """What an FP8 linear of the recipe (`scaling`: "fp8=tensor", "fp8=row" or "fp8=torchao-row") computes from its
+    input x: the weight as an engine of `dtype` holds it, x through the GELU the engine folds into the quantisation
+    ("erf", "tanh" or "none"), both rounded through e4m3, the product in fp64; with `plain`, all of it in `dtype`, as
+    straightforward code at that precision would."""
     at = dtype if plain else torch.float64
-    w, b = linear.weight.detach().to(dtype).to(at), linear.bias
+    w, b = linear.weight.detach().to(dtype), linear.bias
+    torchao, rows = scaling == "fp8=torchao-row", scaling != "fp8=tensor"
+    w = w.to(TORCHAO_WEIGHTS) if torchao else w
     x = x.to(at) if gelu == "none" else F.gelu(x.to(at), approximate="tanh" if gelu == "tanh" else "none")
-    y = F.linear(fake_quantize(x, rows=rows), fake_quantize(w, rows=rows), None if b is None else b.detach().to(at))
-    return y
+    xq = fake_quantize(x, rows=rows, scale_dtype=dtype if torchao else None)
+    wq = fake_quantize(w.to(at), rows=rows, scale_dtype=w.dtype if torchao else None)
+    return F.linear(xq, wq, None if b is None else b.detach().to(at))
 
 
-def int8_rows(x: Tensor) -> Tensor:
-    """x rounded through int8 with a scale per row (of the last axis), its absolute maximum over 127, half away from
-    zero; the division in at least fp32."""
+def int8_rows(x: Tensor, tokens: int = 1) -> Tensor:
+    """x (..., L, D) rounded through int8 with a scale per row (of the last axis), or with `tokens`, per block of that
+    many rows (the last block shorter): its absolute maximum over 127, half away from zero; the division in at least
+    fp32."""
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
-    scale = (wide.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(1e-12)
-    y = (wide / scale).clamp(-INT8_MAX, INT8_MAX)
-    return (torch.trunc(y + torch.where(y < 0, -0.5, 0.5)) * scale).to(x.dtype)
+    L = x.shape[-2] if x.dim() > 1 else 1
+    blocks = F.pad(wide, (0, 0, 0, -L % tokens)).unflatten(-2, (-1, tokens)) if tokens > 1 else wide.unsqueeze(-2)
+    scale = (blocks.abs().amax(dim=(-2, -1), keepdim=True) / INT8_MAX).clamp_min(1e-12)  # zero padding: no maximum
+    y = (blocks / scale).clamp(-INT8_MAX, INT8_MAX)
+    out = torch.trunc(y + torch.where(y < 0, -0.5, 0.5)) * scale
+    out = out.flatten(-3, -2)[..., :L, :] if tokens > 1 else out.squeeze(-2)
+    return out.to(x.dtype)
 
 
-def int8_attention(qkv: Tensor, scale: float) -> Tensor:
-    """softmax(Q(q) Q(k - mean k)^T * scale) v for stacked (B, L, 3, H, D) q/k/v, Q rounding each row through int8;
-    returns (B, L, H * D) in qkv's dtype."""
+SAGE_TOKENS = (128, 64)  # attention=int8-blocks: queries, keys per scale
+
+
+def int8_attention(qkv: Tensor, scale: float, tokens: tuple[int, int]) -> Tensor:
+    """softmax(Q(q) Q(k - mean k)^T * scale) v for stacked (B, L, 3, H, D) q/k/v, Q rounding q and k through int8
+    with a scale per (query, key) `tokens` rows; returns (B, L, H * D) in qkv's dtype."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
     k = k - k.mean(dim=-2, keepdim=True)
-    s = int8_rows(q) @ int8_rows(k).transpose(-2, -1) * scale
+    s = int8_rows(q, tokens[0]) @ int8_rows(k, tokens[1]).transpose(-2, -1) * scale
     return (s.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
 
 
-class Int8AttentionEmulation(uv.Attention):
-    """The U-ViT attention with its scores from int8 q and smoothed k (int8_attention)."""
+class Int8BlockAttentionEmulation(uv.Attention):
+    """The U-ViT attention with its scores from int8 q and smoothed k, a scale per block (int8_attention)."""
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)
-        return self.proj(int8_attention(qkv, self.scale))
+        return self.proj(int8_attention(qkv, self.scale, SAGE_TOKENS))
 
 
 class Fp8Emulation(nn.Linear):
@@ -105,6 +130,16 @@ class Fp8RowEmulation(Fp8Emulation):
     rows = True
 
 
+class Fp8TorchaoEmulation(nn.Linear):
+    """fp8=torchao-row in an fp16 engine: the weight rounded to bf16, each scale formed in its tensor's dtype (bf16
+    for the weight, fp16 for the activations)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.to(torch.float16).to(TORCHAO_WEIGHTS).to(x.dtype)
+        xq = fake_quantize(x, rows=True, scale_dtype=torch.float16)
+        return F.linear(xq, fake_quantize(w, rows=True, scale_dtype=TORCHAO_WEIGHTS), self.bias)
+
+
 def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module:
     """A copy of `module` (any component holding U-ViT blocks, or none) making `approximations`."""
     approximations = check_approximations(approximations)
@@ -117,11 +152,11 @@ def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module
     for block in blocks:
         if "gelu=tanh" in approximations:
             block.mlp.act = nn.GELU(approximate="tanh")
-        if "attention=int8" in approximations:
-            block.attn.__class__ = Int8AttentionEmulation  # same parameters and marks, another forward
+        if "attention=int8-blocks" in approximations:
+            block.attn.__class__ = Int8BlockAttentionEmulation  # same parameters and marks, another forward
         scaling = next((a for a in approximations if a.startswith("fp8=")), None)
         if scaling is not None:
-            cls = Fp8RowEmulation if scaling == "fp8=row" else Fp8Emulation
+            cls = {"fp8=row": Fp8RowEmulation, "fp8=torchao-row": Fp8TorchaoEmulation}.get(scaling, Fp8Emulation)
             layers = dict(block.named_modules())
             for path in FP8_LINEARS:
                 if layers.get(path) is not None:

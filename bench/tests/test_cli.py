@@ -68,8 +68,9 @@ def test_bad_input_is_one_clear_line(bench, args, message):
         ("--bench-steps", "20,0", "*expected step counts of at least 1, comma-separated, got '20,0'*"),
         ("--bench-batch", "4,-1", "*expected batch sizes of at least 1, comma-separated, got '4,-1'*"),
         ("--bench-recipes", "fast,fastest", "*unknown recipe ?'fastest'?; choose from ?'pytorch-fp32'*"),
+        ("--bench-engine", "uvit/inductor/fp16+long_skip=split", "*option 'long_skip' does not apply to uvit on*"),
     ],
-    ids=["backends", "precisions", "size", "weights", "bench-steps", "bench-batch", "bench-recipes"],
+    ids=["backends", "precisions", "size", "weights", "bench-steps", "bench-batch", "bench-recipes", "bench-engine"],
 )
 def test_pytest_options_are_validated_at_parse_time(pytester, option, value, message):
     test_file = Path(__file__).with_name("test_flops.py")
@@ -96,6 +97,17 @@ def test_bench_recipes_keeps_those_recipes_pipelines_and_every_other_benchmark(p
     assert pipelines == ["test_pipeline[batch1-fast]", "test_pipeline[batch1-pytorch-fp32]",
                          "test_pipeline[batch2-fast]", "test_pipeline[batch2-pytorch-fp32]"]  # fmt: skip
     assert any("::test_component[" in line for line in result.stdout.lines)  # not a pipeline: kept
+
+
+def test_bench_engine_times_the_engines_named_and_no_set(pytester):
+    bench_dir = Path(__file__).resolve().parents[1]
+    ids = ["uvit/eager/fp32+attention=sdpa", "decoder/inductor/fp16+channels_last=True,groupnorm=stats"]
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+                          str(bench_dir / "bench_components.py"), "--bench-set", "none",
+                          *(a for i in ids for a in ("--bench-engine", i)))  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    cases = [line.split("::")[1] for line in result.stdout.lines if "::test_component[" in line]
+    assert cases == [f"test_component[{i}]" for i in ids]
 
 
 def test_pytest_help_documents_the_options(pytester):

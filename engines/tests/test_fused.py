@@ -61,39 +61,24 @@ def test_triton_attention_is_uvit_attention(models, kernel_device):
     assert sum(p.numel() for p in swapped.parameters()) == sum(p.numel() for p in module.parameters())
 
 
-def test_int8_attention_is_the_uvit_making_its_approximation(models, kernel_device):
-    """plugin.attention.flash_attention_int8 in every U-ViT block: every mark within fp32 rounding of the reference
-    that rounds q and the smoothed k through int8 the same way (reference.approximations, declared by the engine), and
-    away from the reference that does not."""
-    dev = torch.device(kernel_device)
-    on = models if dev.type == "cpu" else load_models(ModelConfig.from_name("tiny"), seed=0).to(dev)
-    engine = engine_against_eager(on, "uvit", device=dev, attention="int8")
-    assert engine.approximations == ("attention=int8",) and engine.meta["attention"] == "int8"
-    inputs = example_inputs("uvit", on.config, device=dev)
-    exact = build_engine("uvit", on, precision="fp64").output(**inputs)
-    assert rel_l2(engine.output(**inputs).double(), exact) > 1e-4  # the approximation is there to be judged
-
-
 def test_an_approximations_own_attention_is_kept_or_refused(models):
-    """The reference that makes attention=int8 keeps its attention under the default `math`, and refuses another
-    kind, which would silently replace the approximation it is there to make."""
-    from reference.approximations import Int8AttentionEmulation, approximate
+    """The reference that makes attention=int8-blocks keeps its attention under the default `math`, and refuses
+    another kind, which would silently replace the approximation it is there to make."""
+    from reference.approximations import Int8BlockAttentionEmulation, approximate
 
-    module = approximate(component_module("uvit", models), ("attention=int8",))
+    module = approximate(component_module("uvit", models), ("attention=int8-blocks",))
     engine = build_engine("uvit", models, module=module, precision="fp64")
     assert engine.meta["attention"] == "math"
-    with pytest.raises(ValueError, match="Int8AttentionEmulation computes its own attention; attention=sdpa would"):
+    with pytest.raises(ValueError, match="Int8BlockAttentionEmulation computes its own attention; attention=sdpa"):
         build_engine("uvit", models, module=module, attention="sdpa")
     from reference import uvit as uv
 
     blocks = sum(isinstance(m, uv.Block) for m in module.modules())
-    assert blocks and sum(type(m) is Int8AttentionEmulation for m in module.modules()) == blocks
+    assert blocks and sum(type(m) is Int8BlockAttentionEmulation for m in module.modules()) == blocks
 
 
 def test_triton_attention_through_the_interpreter():
-    rerun_under_interpreter(
-        __file__, "triton_attention_is_clip_attention or triton_attention_is_uvit_attention or int8_attention_is_the"
-    )
+    rerun_under_interpreter(__file__, "triton_attention_is_clip_attention or triton_attention_is_uvit_attention")
 
 
 @pytest.mark.parametrize(
@@ -113,36 +98,6 @@ def test_epilogue_mlp_keeps_the_parameters_and_on_the_cpu_the_numbers(models):
     assert engine.meta["mlp"] == "epilogue"
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
-def test_split_long_skip_is_the_out_blocks_with_their_parameters_and_numbers(models, backend):
-    """Every mark of the fp32 U-ViT within fp32 rounding, eager and compiled, every out-block swapped and no parameter
-    added; in fp64 the block is the reference's to rounding, and its halves are not swapped (cat([x, skip]) puts x
-    first)."""
-    from reference import uvit as uv
-
-    engine = engine_against_eager(models, "uvit", device=torch.device("cpu"), backend=backend, long_skip="split")
-    assert engine.meta["long_skip"] == "split"
-    module = copy.deepcopy(component_module("uvit", models))
-    n_params = sum(p.numel() for p in module.parameters())
-    fused.apply(module, {**defaults("eager"), "long_skip": "split"})
-    out_blocks = [m for m in module.modules() if isinstance(m, uv.Block) and m.skip_linear is not None]
-    assert out_blocks and all(type(m) is fused.SplitSkipBlock for m in out_blocks)
-    assert sum(p.numel() for p in module.parameters()) == n_params
-    block = copy.deepcopy(out_blocks[0]).double()
-    reference = copy.deepcopy(block)
-    reference.__class__ = uv.Block
-    g = torch.Generator().manual_seed(0)
-    x, skip = (torch.randn(2, 5, models.config.uvit.embed_dim, generator=g, dtype=torch.float64) for _ in range(2))
-    assert rel_l2(block(x, skip), reference(x, skip)) < 1e-13
-
-
-def test_split_long_skip_refuses_a_mark_it_would_lose_and_fp8(models):
-    with pytest.raises(ValueError, match="long_skip=split .* nothing to mark: mark the block or its norm1"):
-        build_engine("uvit", models, marks=("uvit.out_blocks.0.skip_linear",), long_skip="split")
-    with pytest.raises(ValueError, match="long_skip=split runs skip_linear as two fp16 GEMMs.*choose one"):
-        build_engine("uvit", models, backend="inductor", precision="fp8", long_skip="split")
-
-
 def test_epilogue_mlp_and_fp8_linears_are_refused_together(models):
     with pytest.raises(ValueError, match="mlp=epilogue runs fc1 as an fp16 cuBLASLt GEMM.*choose one"):
         build_engine("uvit", models, backend="inductor", precision="fp8", mlp="epilogue")
@@ -151,7 +106,7 @@ def test_epilogue_mlp_and_fp8_linears_are_refused_together(models):
 @pytest.mark.parametrize(
     "component, option, value",
     [("uvit", "mlp", "fused"), ("clip", "qkv", "packed"), ("decoder", "upsample", "bilinear"),
-     ("decoder", "conv_out", "winograd"), ("uvit", "long_skip", "add")],
+     ("decoder", "conv_out", "winograd")],
 )  # fmt: skip
 def test_unknown_fusions_are_named(models, component, option, value):
     with pytest.raises(ValueError, match=f"{option}='{value}' is not a choice; choose from"):

@@ -157,5 +157,5 @@ def test_onnx_groupnorm_keeps_fp32_accuracy_where_the_mean_dominates():
 
 
 def test_our_triton_attention_is_refused_before_export(models):
-    with pytest.raises(ValueError, match=r"attention=triton is our kernels, which an export to onnxruntime cannot"):
+    with pytest.raises(ValueError, match=r"attention=triton is a Triton kernel, which an export to onnxruntime cannot"):
         build_engine("clip", models, backend="onnx", attention="triton")

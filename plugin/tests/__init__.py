@@ -36,3 +36,21 @@ def rerun_under_interpreter(test_file: str, select: str = "not interpreter") -> 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+def compile_for_hopper(kernel, signature: dict[str, str], constexprs: dict[str, object], **options: object) -> None:
+    """Compile `kernel` (a @triton.jit function) to an sm_90 binary here, GPU or not: the interpreter runs a kernel's
+    Python and accepts what the compiler refuses (seen: a global annotated as constexpr instead of made one).
+    `signature`: Triton's type of each runtime argument ("*fp16", "i32", "fp32"); `constexprs`: the rest's values."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    types = {**signature, **dict.fromkeys(constexprs, "constexpr")}
+    if sorted(types) != sorted(names):
+        raise ValueError(f"give every argument of {kernel.__name__}: {names}")
+    source = ASTSource(
+        kernel, {n: types[n] for n in names}, constexprs={(names.index(n),): v for n, v in constexprs.items()}
+    )
+    triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)

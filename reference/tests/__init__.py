@@ -31,13 +31,13 @@ def fp8_linear_check(outputs: dict, module: nn.Module, engine, paths: list[str])
     """Each FP8 linear's output against the emulation of the engine's recipe on the input it was given, with the
     fp8 rule's bound (the plain fp16 emulation's error there): rows in `paths` order."""
     layers, rows = module_by_mark(module), []
-    scaling_rows = "fp8=row" in engine.approximations
+    scaling = next(a for a in engine.approximations if a.startswith("fp8="))
     # fp8_quantize=triton moves the MLP's GELU into fc2's quantisation: fc2's input is then the GELU's
     fc2_gelu = ("tanh" if "gelu=tanh" in engine.approximations else "erf") if engine.meta.get("fp8_quantize") == \
         "triton" else "none"  # fmt: skip
     for path in paths:
         x, y = outputs[path + INPUT], outputs[path]
-        kw = dict(rows=scaling_rows, dtype=y.dtype, gelu=fc2_gelu if path.endswith("mlp.fc2") else "none")
+        kw = dict(scaling=scaling, dtype=y.dtype, gelu=fc2_gelu if path.endswith("mlp.fc2") else "none")
         want = emulate_linear(layers[path], x, **kw)
         plain = rel_l2(emulate_linear(layers[path], x, **kw, plain=True), want)
         err, bound = rel_l2(y, want), rule_for("uvit", "fp8").bound(plain)
