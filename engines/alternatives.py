@@ -61,15 +61,13 @@ class SageAttention(uv.Attention):
     HEADS = (64, 96, 128)  # the head sizes sageattn has kernels for
 
     @classmethod
-    def swap(cls, attention: uv.Attention) -> None:
-        """`attention` as this class, or BackendUnavailable where the library has no kernel for its heads."""
-        from engines.registry import BackendUnavailable
-
+    def unsupported(cls, attention: uv.Attention) -> str | None:
+        """Why the library cannot run `attention`'s heads, or None."""
         head = attention.qkv.in_features // attention.num_heads
         if head not in cls.HEADS:
-            raise BackendUnavailable(f"attention=sageattention has kernels for heads of {list(cls.HEADS)} dims; this "
-                                     f"U-ViT's have {head} (the tiny configuration: use the full one)")  # fmt: skip
-        attention.__class__ = cls
+            return (f"attention=sageattention has kernels for heads of {list(cls.HEADS)} dims; this U-ViT's have "
+                    f"{head} (the tiny configuration: use the full one)")  # fmt: skip
+        return None
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
         B, L, C = x.shape

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engines import register_engine, spec
+from engines import BackendUnavailable, register_engine, spec
 from engines.faults import Fault, inject
 from engines.runtime import cast, finish
 from reference import autoencoder as ae
@@ -51,10 +51,9 @@ def set_attention(module: nn.Module, kind: str, kinds: tuple[str, ...] = ATTENTI
                         f"{type(m).__name__} computes its own attention; attention={kind} would replace it"
                     )
                 continue
-            if kind == "sageattention":
-                SageAttention.swap(m)
-            else:
-                m.__class__ = ours.get(kind, uv.Attention)
+            if kind == "sageattention" and (why := SageAttention.unsupported(m)):
+                raise BackendUnavailable(why)
+            m.__class__ = ours.get(kind, uv.Attention)
             m.sdpa = kind == "sdpa"
         elif isinstance(m, ae.AttnBlock):
             if kind not in ("math", "sdpa"):

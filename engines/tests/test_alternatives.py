@@ -10,7 +10,7 @@ from torch import nn
 
 from engines import BackendUnavailable, build_engine, spec, unavailable
 from engines.alternatives import SageAttention, missing
-from engines.eager import approximations
+from engines.eager import approximations, set_attention
 from engines.recipes import recipe
 from reference import uvit as uv
 from reference.approximations import SAGE_TOKENS, int8_attention
@@ -57,8 +57,11 @@ def test_the_engines_declare_the_libraries_recipes():
 def test_heads_without_a_kernel_are_refused(models):
     """The tiny U-ViT's 16-dim heads: SageAttention has no kernel, said before anything is built."""
     attn = next(m for m in copy.deepcopy(models.uvit).modules() if isinstance(m, uv.Attention))
+    assert SageAttention.unsupported(attn).endswith(
+        "heads of [64, 96, 128] dims; this U-ViT's have 16 (the tiny configuration: use the full one)"
+    )
     with pytest.raises(BackendUnavailable, match=r"heads of \[64, 96, 128\] dims; this U-ViT's have 16"):
-        SageAttention.swap(attn)
+        set_attention(copy.deepcopy(models.uvit), "sageattention")
 
 
 @gpu
