@@ -65,21 +65,29 @@ def fake_quantize(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = No
 TORCHAO_WEIGHTS = torch.bfloat16
 
 
+def e4m3_operands(x: Tensor, w: Tensor, scaling: str, dtype: torch.dtype = torch.float16) -> tuple[Tensor, Tensor]:
+    """x and w as an FP8 linear of the recipe (`scaling`: "fp8=tensor", "fp8=row" or "fp8=torchao-row") rounds them
+    through e4m3, in x's dtype; `dtype` is the engine's: torchao receives its weights as bf16 and forms the
+    activations' scales in it."""
+    rows = scaling != "fp8=tensor"
+    if scaling != "fp8=torchao-row":
+        return fake_quantize(x, rows=rows), fake_quantize(w, rows=rows)
+    w = w.to(dtype).to(TORCHAO_WEIGHTS)
+    xq = fake_quantize(x, rows=True, scale_dtype=dtype)
+    return xq, fake_quantize(w.to(x.dtype), rows=True, scale_dtype=TORCHAO_WEIGHTS)
+
+
 def emulate_linear(
     linear: nn.Linear, x: Tensor, *, scaling: str, dtype: torch.dtype, gelu: str = "none", plain: bool = False
 ) -> Tensor:
-    """What an FP8 linear of the recipe (`scaling`: "fp8=tensor", "fp8=row" or "fp8=torchao-row") computes from its
-    input x: the weight as an engine of `dtype` holds it, x through the GELU the engine folds into the quantisation
-    ("erf", "tanh" or "none"), both rounded through e4m3, the product in fp64; with `plain`, all of it in `dtype`, as
-    straightforward code at that precision would."""
+    """What an FP8 linear of the recipe (`scaling`, as e4m3_operands) computes from its input x: the weight as an
+    engine of `dtype` holds it, x through the GELU the engine folds into the quantisation ("erf", "tanh" or "none"),
+    both rounded through e4m3, the product in fp64; with `plain`, all of it in `dtype`, as straightforward code at that
+    precision would."""
     at = dtype if plain else torch.float64
-    w, b = linear.weight.detach().to(dtype), linear.bias
-    torchao, rows = scaling == "fp8=torchao-row", scaling != "fp8=tensor"
-    w = w.to(TORCHAO_WEIGHTS) if torchao else w
+    w, b = linear.weight.detach().to(dtype).to(at), linear.bias
     x = x.to(at) if gelu == "none" else F.gelu(x.to(at), approximate="tanh" if gelu == "tanh" else "none")
-    xq = fake_quantize(x, rows=rows, scale_dtype=dtype if torchao else None)
-    wq = fake_quantize(w.to(at), rows=rows, scale_dtype=w.dtype if torchao else None)
-    return F.linear(xq, wq, None if b is None else b.detach().to(at))
+    return F.linear(*e4m3_operands(x, w, scaling, dtype), None if b is None else b.detach().to(at))
 
 
 def int8_rows(x: Tensor, tokens: int = 1) -> Tensor:
@@ -118,26 +126,13 @@ class Int8BlockAttentionEmulation(uv.Attention):
 
 
 class Fp8Emulation(nn.Linear):
-    """nn.Linear whose input and weight are fake-quantised to e4m3: y = Q(x) Q(W)^T + b, in the module's dtype."""
+    """nn.Linear whose input and weight are rounded through e4m3 as its recipe `scaling` does it (e4m3_operands),
+    for an fp16 engine: y = Q(x) Q(W)^T + b, in the module's dtype."""
 
-    rows = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(fake_quantize(x, rows=self.rows), fake_quantize(self.weight, rows=self.rows), self.bias)
-
-
-class Fp8RowEmulation(Fp8Emulation):
-    rows = True
-
-
-class Fp8TorchaoEmulation(nn.Linear):
-    """fp8=torchao-row in an fp16 engine: the weight rounded to bf16, each scale formed in its tensor's dtype (bf16
-    for the weight, fp16 for the activations)."""
+    scaling = "fp8=tensor"
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.to(torch.float16).to(TORCHAO_WEIGHTS).to(x.dtype)
-        xq = fake_quantize(x, rows=True, scale_dtype=torch.float16)
-        return F.linear(xq, fake_quantize(w, rows=True, scale_dtype=TORCHAO_WEIGHTS), self.bias)
+        return F.linear(*e4m3_operands(x, self.weight, self.scaling), self.bias)
 
 
 def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module:
@@ -156,9 +151,9 @@ def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module
             block.attn.__class__ = Int8BlockAttentionEmulation  # same parameters and marks, another forward
         scaling = next((a for a in approximations if a.startswith("fp8=")), None)
         if scaling is not None:
-            cls = {"fp8=row": Fp8RowEmulation, "fp8=torchao-row": Fp8TorchaoEmulation}.get(scaling, Fp8Emulation)
             layers = dict(block.named_modules())
             for path in FP8_LINEARS:
                 if layers.get(path) is not None:
-                    layers[path].__class__ = cls  # same parameters and marks, another forward
+                    layers[path].__class__ = Fp8Emulation  # same parameters and marks, another forward
+                    layers[path].scaling = scaling
     return module

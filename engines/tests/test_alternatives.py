@@ -18,9 +18,6 @@ from reference.checkpoints import load_models
 from reference.compare import rel_l2
 from reference.configs import ModelConfig
 
-ON_GPU = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not ON_GPU, reason="the libraries' kernels need a CUDA GPU")
-
 
 @pytest.fixture(scope="module")
 def models():
@@ -64,7 +61,7 @@ def test_heads_without_a_kernel_are_refused(models):
         set_attention(copy.deepcopy(models.uvit), "sageattention")
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("L", [1024, 1105], ids=["whole-blocks", "uvit-length"])
 def test_sageattention_against_its_recipe(L):
     """The library's kernel against reference.approximations' emulation of its recipe (per-block int8 q and smoothed
@@ -90,7 +87,7 @@ def test_sageattention_against_its_recipe(L):
     assert rel_l2(got, per_token) > 2 * rel  # the bound tells the two granularities apart
 
 
-@gpu
+@pytest.mark.gpu
 def test_torchao_linears_are_torchaos(models):
     """fp8_kernels=torchao swaps every block linear (skip_linear in the out-blocks only) for torchao's float8 weight."""
     pytest.importorskip("torchao", reason="pip install 'unidiffuser-bench[alternatives]'")
