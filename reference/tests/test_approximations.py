@@ -66,3 +66,20 @@ def test_torchao_quantisation_is_the_recipe_declared_for_it():
         want = theirs.qdata.double() * theirs.scale.double()
         assert torch.equal(fake_quantize(t.double(), rows=True, scale_dtype=dtype), want), dtype
         assert not torch.equal(fake_quantize(t.double(), rows=True), want)  # fp8=row's recipe is another
+
+
+def test_torchao_operands_are_torchaos_for_an_fp16_engine():
+    """e4m3_operands for fp8=torchao-row (what the FP8-linear check and the oracle use) against torchao's quantiser fed
+    as the engine feeds it: fp16 activations, and the fp16 weight handed over as bf16."""
+    pytest.importorskip("torchao", reason="pip install 'unidiffuser-bench[alternatives]'")
+    from torchao.quantization import PerRow
+    from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
+
+    from reference.approximations import e4m3_operands
+
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(8, 256, generator=g).half(), (torch.randn(64, 256, generator=g) * 0.02).half()
+    xq, wq = e4m3_operands(x.double(), w.double(), "fp8=torchao-row")
+    for got, hp in ((xq, x), (wq, w.to(torch.bfloat16))):
+        theirs = Float8Tensor.from_hp(hp, granularity=PerRow())
+        assert torch.equal(got, theirs.qdata.double() * theirs.scale.double())
