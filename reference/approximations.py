@@ -15,6 +15,8 @@ image verdicts to say (bench/verdicts.py). An approximation no engine declares i
                   rounded to bf16 (its PerRow takes no other), and each scale amax / 448 computed in its tensor's own
                   dtype, bf16 or the activations' fp16, so rounded to it; 1.8% of random weights' e4m3 codes then
                   differ by a step from fp8=row's (measured).
+                  Each scaling's product is exact; an engine built with fp8_accumulate=fast sums it as Hopper's
+                  tensor cores do (fast_accumulation_matmul), which the FP8-linear check emulates from that option.
     attention=int8-blocks
                   the U-ViT attention's scores from int8 values, as SageAttention 1.0.6 forms them (engines.alternatives
                   runs its kernels): the keys less their mean over the tokens (a constant per query, which the softmax
@@ -49,45 +51,89 @@ def check_approximations(approximations: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(approximations))
 
 
-def fake_quantize(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = None) -> Tensor:
-    """x rounded through e4m3 with a scale amax / 448 per tensor or per row (of the last axis), in x's dtype; the
-    division in at least fp32, as our quantisers do it, or in `scale_dtype`, as torchao's do it (its scale is then
+def e4m3_codes(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """x as e4m3 codes and their scale amax / 448, per tensor or per row (of the last axis), both in at least fp32:
+    the division in at least fp32, as our quantisers do it, or in `scale_dtype`, as torchao's do it (its scale is then
     rounded to that dtype)."""
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
     at = wide if scale_dtype is None else x.to(scale_dtype)
     amax = at.abs().amax(dim=-1, keepdim=True) if rows else at.abs().amax()
     scale = (amax / E4M3_MAX).to(wide.dtype).clamp_min(1e-12)
-    q = (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return (q.to(wide.dtype) * scale).to(x.dtype)
+    return (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(wide.dtype), scale
+
+
+def fake_quantize(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = None) -> Tensor:
+    """x rounded through e4m3 (e4m3_codes) and multiplied back, in x's dtype."""
+    codes, scale = e4m3_codes(x, rows=rows, scale_dtype=scale_dtype)
+    return (codes * scale).to(x.dtype)
 
 
 # fp8=torchao-row: torchao's PerRow takes bf16 weights, and forms each scale in its tensor's dtype
 TORCHAO_WEIGHTS = torch.bfloat16
 
 
-def e4m3_operands(x: Tensor, w: Tensor, scaling: str, dtype: torch.dtype = torch.float16) -> tuple[Tensor, Tensor]:
-    """x and w as an FP8 linear of the recipe (`scaling`: "fp8=tensor", "fp8=row" or "fp8=torchao-row") rounds them
-    through e4m3, in x's dtype; `dtype` is the engine's: torchao receives its weights as bf16 and forms the
-    activations' scales in it."""
+def e4m3_operands(
+    x: Tensor, w: Tensor, scaling: str, dtype: torch.dtype = torch.float16
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """x's and w's e4m3 codes and scales (e4m3_codes) as an FP8 linear of the recipe (`scaling`: "fp8=tensor",
+    "fp8=row" or "fp8=torchao-row") forms them, in x's dtype or wider; `dtype` is the engine's: torchao receives its
+    weights as bf16 and forms the activations' scales in it."""
     rows = scaling != "fp8=tensor"
     if scaling != "fp8=torchao-row":
-        return fake_quantize(x, rows=rows), fake_quantize(w, rows=rows)
-    w = w.to(dtype).to(TORCHAO_WEIGHTS)
-    xq = fake_quantize(x, rows=True, scale_dtype=dtype)
-    return xq, fake_quantize(w.to(x.dtype), rows=True, scale_dtype=TORCHAO_WEIGHTS)
+        return e4m3_codes(x, rows=rows), e4m3_codes(w, rows=rows)
+    w = w.to(dtype).to(TORCHAO_WEIGHTS).to(x.dtype)
+    return e4m3_codes(x, rows=True, scale_dtype=dtype), e4m3_codes(w, rows=True, scale_dtype=TORCHAO_WEIGHTS)
+
+
+# fp8_accumulate=fast (torch._scaled_mm's use_fast_accum): Hopper's FP8 tensor cores then sum all of K in their own
+# accumulator, never promoting it to fp32. Each MMA instruction adds 32 products of K to it: the 33 terms aligned to the
+# largest one's exponent e (each below 2^e) and truncated toward zero to multiples of 2^(e - 14), then summed; the
+# accumulator keeps 13 mantissa bits (14 significant), truncated (the format DeepSeek-V3's report and SageAttention2's
+# paper describe).
+# Measured on an H200 against torch._scaled_mm at K = 6144: 3.5e-5 from its output and 79-90% of it bit for bit,
+# against 1.9e-3 for an fp32 accumulation (docs/performance.md).
+MMA_K, ALIGNED_BITS, ACCUMULATOR_BITS = 32, 14, 14  # bits kept: the leading one and 13 after it
+
+
+def _truncate(x: Tensor, exponent: Tensor, bits: int) -> Tensor:
+    """x truncated toward zero to multiples of 2^(exponent - bits): `bits` significant bits where x < 2^exponent."""
+    unit = torch.pow(2.0, (exponent - bits).to(torch.float64))
+    return torch.trunc(x / unit) * unit
+
+
+def fast_accumulation_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a (M, K) @ b (N, K)^T for e4m3 codes a and b (in fp64), summed as fp8_accumulate=fast sums them."""
+    (M, K), N = a.shape, b.shape[0]
+    out, rows = a.new_empty(M, N), max(1, 2**24 // ((MMA_K + 1) * N))  # a few hundred MB of terms at a time
+    for r in range(0, M, rows):
+        acc = a.new_zeros(min(rows, M - r), N)
+        for k in range(0, K, MMA_K):
+            products = a[r : r + rows, k : k + MMA_K, None] * b[:, k : k + MMA_K].T  # exact: 4-bit mantissas
+            terms = torch.cat([acc[:, None], products], dim=1)
+            largest = torch.frexp(terms.abs().amax(dim=1, keepdim=True)).exponent
+            acc = _truncate(terms, largest, ALIGNED_BITS).sum(dim=1)
+            acc = _truncate(acc, torch.frexp(acc).exponent, ACCUMULATOR_BITS)
+        out[r : r + rows] = acc
+    return out
 
 
 def emulate_linear(
-    linear: nn.Linear, x: Tensor, *, scaling: str, dtype: torch.dtype, gelu: str = "none", plain: bool = False
-) -> Tensor:
+    linear: nn.Linear, x: Tensor, *, scaling: str, dtype: torch.dtype, gelu: str = "none", plain: bool = False,
+    accumulate: str = "exact",
+) -> Tensor:  # fmt: skip
     """What an FP8 linear of the recipe (`scaling`, as e4m3_operands) computes from its input x: the weight as an
     engine of `dtype` holds it, x through the GELU the engine folds into the quantisation ("erf", "tanh" or "none"),
-    both rounded through e4m3, the product in fp64; with `plain`, all of it in `dtype`, as straightforward code at that
-    precision would."""
+    both rounded through e4m3, the product in fp64, its sum as `accumulate` says ("exact", or "fast":
+    fast_accumulation_matmul); with `plain`, all of it in `dtype`, as straightforward code at that precision would."""
     at = dtype if plain else torch.float64
     w, b = linear.weight.detach().to(dtype).to(at), linear.bias
     x = x.to(at) if gelu == "none" else F.gelu(x.to(at), approximate="tanh" if gelu == "tanh" else "none")
-    return F.linear(*e4m3_operands(x, w, scaling, dtype), None if b is None else b.detach().to(at))
+    (xc, xs), (wc, ws) = e4m3_operands(x, w, scaling, dtype)
+    b = None if b is None else b.detach().to(at)
+    if accumulate != "fast" or plain:
+        return F.linear((xc * xs).to(at), (wc * ws).to(at), b)
+    y = fast_accumulation_matmul(xc.flatten(0, -2), wc).unflatten(0, x.shape[:-1]) * xs * ws.flatten()
+    return y if b is None else y + b
 
 
 def int8_rows(x: Tensor, tokens: int = 1) -> Tensor:
@@ -132,7 +178,8 @@ class Fp8Emulation(nn.Linear):
     scaling = "fp8=tensor"
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(*e4m3_operands(x, self.weight, self.scaling), self.bias)
+        (xc, xs), (wc, ws) = e4m3_operands(x, self.weight, self.scaling)
+        return F.linear((xc * xs).to(x.dtype), (wc * ws).to(x.dtype), self.bias)
 
 
 def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module:

@@ -1,10 +1,21 @@
-"""The roundings of the approximations' references (int8 attention, torchao's e4m3 scales), on values whose rounding
-is known, and against the library whose recipe they write down where it runs here."""
+"""The roundings of the approximations' references (int8 attention, torchao's e4m3 scales, Hopper's fast FP8
+accumulation), on values whose rounding is known, and against the library or hardware whose recipe they write down
+where it runs here."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from reference.approximations import check_approximations, fake_quantize, int8_attention, int8_rows
+from reference.approximations import (
+    check_approximations,
+    e4m3_operands,
+    emulate_linear,
+    fake_quantize,
+    fast_accumulation_matmul,
+    int8_attention,
+    int8_rows,
+)
+from reference.compare import rel_l2
 
 
 def test_int8_rows_round_half_away_from_zero_with_a_scale_per_row():
@@ -75,11 +86,66 @@ def test_torchao_operands_are_torchaos_for_an_fp16_engine():
     from torchao.quantization import PerRow
     from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
 
-    from reference.approximations import e4m3_operands
-
     g = torch.Generator().manual_seed(1)
     x, w = torch.randn(8, 256, generator=g).half(), (torch.randn(64, 256, generator=g) * 0.02).half()
-    xq, wq = e4m3_operands(x.double(), w.double(), "fp8=torchao-row")
-    for got, hp in ((xq, x), (wq, w.to(torch.bfloat16))):
+    operands = e4m3_operands(x.double(), w.double(), "fp8=torchao-row")
+    for (codes, scale), hp in zip(operands, (x, w.to(torch.bfloat16)), strict=True):
         theirs = Float8Tensor.from_hp(hp, granularity=PerRow())
-        assert torch.equal(got, theirs.qdata.double() * theirs.scale.double())
+        assert torch.equal(codes, theirs.qdata.double()) and torch.equal(scale, theirs.scale.double())
+
+
+def _fast(a: list[float], b: list[float] | None = None) -> float:
+    """One output of fast_accumulation_matmul: the row of codes `a` against `b` (default ones)."""
+    a = torch.tensor([a], dtype=torch.float64)
+    b = torch.ones_like(a) if b is None else torch.tensor([b], dtype=torch.float64)
+    return fast_accumulation_matmul(a, b).item()
+
+
+def test_fast_accumulation_truncates_terms_below_the_largest():
+    """fp8_accumulate=fast: 448's 14-bit window holds multiples of 2^-5, so 2^-5 stays, while 2^-6 and 1.5 * 2^-6
+    are lost, toward zero either side; so is the last of 14 significant bits that 1.875 + 2^-14 would need in the
+    accumulator. An fp32 accumulator keeps them all."""
+    assert _fast([448.0, 2.0**-5]) == 448.0 + 2.0**-5
+    for small in (2.0**-6, 1.5 * 2.0**-6, -1.5 * 2.0**-6):
+        assert _fast([448.0, small]) == 448.0
+    assert _fast([0.9375, 0.9375, 2.0**-9], [1.0, 1.0, 2.0**-5]) == 1.875
+    assert _fast([-0.9375, -0.9375, -(2.0**-9)], [1.0, 1.0, 2.0**-5]) == -1.875
+    assert _fast([0.9375, 0.9375, 2.0**-9], [1.0, 1.0, 2.0**-4]) == 1.875 + 2.0**-13  # 14 bits: kept
+
+
+def test_fast_accumulation_adds_32_products_at_a_time():
+    """32 terms of 2^-6 sum exactly to 0.5 in one MMA, which the next one's window around 448 keeps; summed with the
+    448 in one MMA, each of them would be lost."""
+    assert _fast([2.0**-6] * 32 + [448.0]) == 448.5
+    assert _fast([2.0**-6] * 31 + [448.0]) == 448.0
+
+
+@pytest.mark.gpu
+def test_fast_accumulation_is_what_hopper_computes():
+    """fast_accumulation_matmul against torch._scaled_mm with use_fast_accum on the GPU at fc2's K and N (measured on
+    an H200: 3.5e-5, most outputs bit for bit), where an exact sum is 1.9e-3 away. Not at any shape: at 64 x 256
+    outputs the model was as far as an exact sum (1.4e-3), cuBLAS summing them another way there (split K, likely)."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("fp8_accumulate=fast is Hopper's: needs compute capability 9.0 or later")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = F.gelu(torch.randn(256, 6144, device="cuda", generator=g) * 2)  # fc2's input: a GELU's output
+    w = torch.randn(1536, 6144, device="cuda", generator=g) * 0.02
+    a, b = (t.mul(448 / t.abs().amax()).to(torch.float8_e4m3fn) for t in (x, w))
+    one = torch.ones((), device="cuda")
+    fast = torch._scaled_mm(a, b.T, one, one, out_dtype=torch.float32, use_fast_accum=True).double()
+    want, exact = fast_accumulation_matmul(a.double(), b.double()), a.double() @ b.double().T
+    assert rel_l2(fast, want) < 1e-4 < rel_l2(fast, exact)
+    assert (fast == want.float().double()).double().mean() > 0.5
+
+
+def test_fast_accumulation_is_the_emulated_linears_sum():
+    """emulate_linear with accumulate="fast" (the FP8-linear check of an engine built with fp8_accumulate=fast): the
+    e4m3 codes summed by fast_accumulation_matmul, then scaled, then the bias; over long rows, not the exact sum."""
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(4096, 8).double()
+    x = torch.randn(2, 3, 4096, generator=g, dtype=torch.float64).abs()  # positive: the sum grows, its window too
+    (xc, xs), (wc, ws) = e4m3_operands(x, linear.weight.detach().half().double(), "fp8=row")  # as the engine holds it
+    want = (fast_accumulation_matmul(xc.flatten(0, 1), wc) * xs.flatten(0, 1) * ws.T).unflatten(0, (2, 3))
+    got = emulate_linear(linear, x, scaling="fp8=row", dtype=torch.float16, accumulate="fast")
+    assert torch.equal(got, want + linear.bias.detach())
+    assert rel_l2(emulate_linear(linear, x, scaling="fp8=row", dtype=torch.float16), got) > 1e-4
