@@ -1,5 +1,6 @@
 """`pytest bench --benchmark-only -k build`: every engine of a recipe built in a new process, first on an empty compile
-cache (a fresh machine), then again on the cache that run filled (warm caches); issue 6 asks for <= 120 s and <= 15 s.
+cache (a fresh machine), then again on the cache that run filled (warm caches); the targets are reports/speedup.py's
+BUILD_TARGETS.
 
 Each build runs `python -m bench build` in a subprocess, so nothing compiled by this pytest process helps it; Python's
 bytecode is cached in the same folder as torch's compiled graphs (bench.build.process_env). The

@@ -196,6 +196,13 @@ TARGETS = {
     ("fast", "clip"): 0.4, ("fast", "decoder"): 4.5,
 }  # fmt: skip
 RUNS_NEEDED = {"pipeline": 2, "clip": 3, "uvit": 3, "decoder": 3}
+
+
+def target_engines() -> list[str]:
+    """The ids of the engines whose time has a target: what .ci/gpu-reports builds three times."""
+    return list(dict.fromkeys(named(name).builds[row].id for name, row in TARGETS if row != "pipeline"))
+
+
 STAGES = "Pipeline stages (GPU ms per image, medians)"  # the section that says where a pipeline's time goes
 
 

@@ -407,6 +407,17 @@ def test_a_target_is_met_by_repeated_runs_of_a_recipe_whose_images_pass(tmp_path
     )
 
 
+def test_the_engines_timed_again_for_their_targets_are_the_targets_engines():
+    """.ci/gpu-reports builds these three times, as a component target needs: fast's three and fast-fp8's U-ViT
+    (its CLIP and decoder are fast's), each once."""
+    from engines.recipes import recipe
+    from reports.speedup import target_engines
+
+    fast, fp8 = recipe("fast").builds, recipe("fast-fp8").builds
+    assert sorted(target_engines()) == sorted([fast["clip"].id, fast["uvit"].id, fast["decoder"].id, fp8["uvit"].id])
+    assert len(set(target_engines())) == len(target_engines())
+
+
 def test_a_recipe_passes_its_accuracy_verdict_when_every_engine_it_builds_passes():
     import pandas as pd
 
