@@ -3,8 +3,9 @@
 The first two reproduce the seed's PyTorch columns: the strict-fp32 reference (U-ViT guidance as two calls, like
 upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and decoder in fp32). The seed's TensorRT columns
 become the best engine we can run here, Inductor; `fast` is the fastest accurate configuration measured, `fast-fp8` the
-same with FP8 U-ViT block linears and our U-ViT attention; `torchao-fp8` and `sageattention` put what a user would pick
-instead (torchao's float8 linears, SageAttention's attention) in place of ours in `fast`. What each fast option bought,
+same with FP8 U-ViT block linears and our U-ViT attention, `fast-bf16` with a bf16 U-ViT; `torchao-fp8` and
+`sageattention` put what a user would pick instead (torchao's float8 linears, SageAttention's attention) in place of
+ours in `fast`. What each fast option bought,
 and what was dropped, is docs/performance.md. Imports no torch.
 """
 
@@ -76,6 +77,8 @@ LADDER: list[Recipe] = [
     Recipe("fast", "Inductor-FP16 + SDPA + whole-loop graph", {c: fast(c, "fp16") for c in COMPONENTS}, loop=True),
     Recipe("fast-fp8", "the same with FP8 U-ViT block linears (per-row scales) and our U-ViT attention",
            {c: fast(c, "fp8" if c == "uvit" else "fp16") for c in COMPONENTS}, loop=True),
+    # bf16's GEMMs run a few percent faster than fp16's on Hopper; whether its images pass is the question
+    Recipe("fast-bf16", "`fast` with a bf16 U-ViT", _fast_but("uvit", "bf16"), loop=True),
     # what a user would pick instead of our kernels (engines.alternatives), each in place of one of ours in `fast`
     Recipe("torchao-fp8", "`fast` with torchao's float8 U-ViT block linears (per-row scales) instead of the epilogue",
            _fast_but("uvit", "fp8", mlp=None, fp8_scaling="row", fp8_accumulate="fast", fp8_kernels="torchao"),

@@ -149,7 +149,7 @@ def test_every_profile_is_listed_with_the_recipes_that_build_its_engine(tmp_path
     table = profile_list(profiles).set_index("profile")
     assert list(table.index) == [f"[{n}]({n})" for n in sorted(profiles.values())]
     clip_recipes = table.loc["[profile-fast-clip.md](profile-fast-clip.md)", "recipes"]
-    assert clip_recipes == "fast, fast-fp8, torchao-fp8, sageattention"
+    assert clip_recipes == "fast, fast-fp8, fast-bf16, torchao-fp8, sageattention"
     assert table.loc["[profile-fast-uvit.md](profile-fast-uvit.md)", "recipes"] == "fast"
     assert table.loc["[profile-bf16.md](profile-bf16.md)", "recipes"] == "-"
     # the report beside the profiles lists them all
