@@ -90,8 +90,8 @@ def e4m3_operands(
 # largest one's exponent e (each below 2^e) and truncated toward zero to multiples of 2^(e - 14), then summed; the
 # accumulator keeps 13 mantissa bits (14 significant), truncated (the format DeepSeek-V3's report and SageAttention2's
 # paper describe).
-# Measured on an H200 against torch._scaled_mm at K = 6144: 3.5e-5 from its output and 79-90% of it bit for bit,
-# against 1.9e-3 for an fp32 accumulation (docs/performance.md).
+# Measured on an H200 against torch._scaled_mm at fc2's shape (K = 6144): 3.5e-5 from its output and 79-90% of it bit
+# for bit, where an exact sum is 1.9e-3 away; at some small shapes cuBLAS sums otherwise (docs/performance.md).
 MMA_K, ALIGNED_BITS, ACCUMULATOR_BITS = 32, 14, 14  # bits kept: the leading one and 13 after it
 
 
