@@ -149,3 +149,33 @@ def test_fast_accumulation_is_the_emulated_linears_sum():
     got = emulate_linear(linear, x, scaling="fp8=row", dtype=torch.float16, accumulate="fast")
     assert torch.equal(got, want + linear.bias.detach())
     assert rel_l2(emulate_linear(linear, x, scaling="fp8=row", dtype=torch.float16), got) > 1e-4
+
+
+def test_the_fp8_linear_check_bounds_a_fast_sum_by_fp16_rounding():
+    """An engine built with fp8_accumulate=fast is judged against the fast sum, with the bound fp16 rounding sets
+    against an exact sum: the same bound as an `exact` engine's, not one widened by the fast sum's own error. Then
+    output scaled 0.4% off fails, which that wider bound (3x of plain rounding and the fast sum's 2e-3 together) would
+    pass. The engine here is its declarations alone (FP8 engines run on a GPU); its outputs are the emulation's."""
+    from types import SimpleNamespace
+
+    from engines.components import INPUT
+    from reference.tests import fp8_linear_check
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.ModuleDict({"fc2": torch.nn.Linear(6144, 256)})
+    with torch.no_grad():
+        module.fc2.weight.normal_(0, 0.02, generator=g)
+    # fc2's input, a GELU's output, K = 6144; (batch, tokens) past FAST_ROWS rows, so that every other row is judged
+    x = F.gelu(torch.randn(2, 150, 6144, generator=g) * 2).half()
+    fast = emulate_linear(module.fc2, x, scaling="fp8=row", dtype=torch.float16, accumulate="fast").half()
+
+    def check(x: torch.Tensor, y: torch.Tensor, accumulate: str) -> dict:
+        engine = SimpleNamespace(approximations=("fp8=row",), meta={"fp8_accumulate": accumulate})
+        return fp8_linear_check({"fc2" + INPUT: x, "fc2": y}, module, engine, ["fc2"])[0]
+
+    right = check(x, fast, "fast")
+    exact = check(x.flatten(0, 1)[::2], fast.flatten(0, 1)[::2], "exact")  # the rows the fast check judges
+    assert right["passed"] and right["rel_l2"] < right["bound"] / 5
+    assert right["bound"] == exact["bound"]  # fp16 rounding's, whatever the sum
+    assert exact["rel_l2"] > 1e-3  # the fast sum's own error, which the wider bound would have taken in
+    assert not check(x, fast * 1.004, "fast")["passed"]
