@@ -5,8 +5,7 @@ upstream) and the "FP16 baseline" (U-ViT under fp16 autocast, CLIP and decoder i
 become the best engine we can run here, Inductor; `fast` is the fastest accurate configuration measured, `fast-fp8` the
 same with FP8 U-ViT block linears and our U-ViT attention, `fast-bf16` with a bf16 U-ViT; `torchao-fp8` and
 `sageattention` put what a user would pick instead (torchao's float8 linears, SageAttention's attention) in place of
-ours in `fast`. What each fast option bought,
-and what was dropped, is docs/performance.md. Imports no torch.
+ours in `fast`. What each fast option bought, and what was dropped, is docs/performance.md. Imports no torch.
 """
 
 from __future__ import annotations

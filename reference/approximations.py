@@ -62,10 +62,14 @@ def e4m3_codes(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = None)
     return (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(wide.dtype), scale
 
 
+def dequantize(codes_and_scale: tuple[Tensor, Tensor], dtype: torch.dtype) -> Tensor:
+    codes, scale = codes_and_scale
+    return (codes * scale).to(dtype)
+
+
 def fake_quantize(x: Tensor, *, rows: bool, scale_dtype: torch.dtype | None = None) -> Tensor:
     """x rounded through e4m3 (e4m3_codes) and multiplied back, in x's dtype."""
-    codes, scale = e4m3_codes(x, rows=rows, scale_dtype=scale_dtype)
-    return (codes * scale).to(x.dtype)
+    return dequantize(e4m3_codes(x, rows=rows, scale_dtype=scale_dtype), x.dtype)
 
 
 # fp8=torchao-row: torchao's PerRow takes bf16 weights, and forms each scale in its tensor's dtype
@@ -128,10 +132,11 @@ def emulate_linear(
     at = dtype if plain else torch.float64
     w, b = linear.weight.detach().to(dtype).to(at), linear.bias
     x = x.to(at) if gelu == "none" else F.gelu(x.to(at), approximate="tanh" if gelu == "tanh" else "none")
-    (xc, xs), (wc, ws) = e4m3_operands(x, w, scaling, dtype)
+    xq, wq = e4m3_operands(x, w, scaling, dtype)
     b = None if b is None else b.detach().to(at)
     if accumulate != "fast" or plain:
-        return F.linear((xc * xs).to(at), (wc * ws).to(at), b)
+        return F.linear(dequantize(xq, at), dequantize(wq, at), b)
+    (xc, xs), (wc, ws) = xq, wq
     y = fast_accumulation_matmul(xc.flatten(0, -2), wc).unflatten(0, x.shape[:-1]) * xs * ws.flatten()
     return y if b is None else y + b
 
@@ -178,8 +183,8 @@ class Fp8Emulation(nn.Linear):
     scaling = "fp8=tensor"
 
     def forward(self, x: Tensor) -> Tensor:
-        (xc, xs), (wc, ws) = e4m3_operands(x, self.weight, self.scaling)
-        return F.linear((xc * xs).to(x.dtype), (wc * ws).to(x.dtype), self.bias)
+        xq, wq = e4m3_operands(x, self.weight, self.scaling)
+        return F.linear(dequantize(xq, x.dtype), dequantize(wq, x.dtype), self.bias)
 
 
 def approximate(module: nn.Module, approximations: tuple[str, ...]) -> nn.Module:
