@@ -340,10 +340,12 @@ RESULT_LOG = pytest.StashKey[ResultLog]()  # the open log, where pytest_runtest_
 
 @pytest.fixture(scope="session")
 def accuracy_log(pytestconfig: pytest.Config, env_info: dict[str, str]):
+    from reports.common import free_path
+
     stamp = env_info["date"].replace(" ", "_").replace(":", "")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    path = pytestconfig.getoption("--results-dir") / f"accuracy-{stamp}{'-' + worker if worker else ''}.json"
-    log = ResultLog(path, env_info)
+    name = f"accuracy-{stamp}{'-' + worker if worker else ''}"
+    log = ResultLog(free_path(pytestconfig.getoption("--results-dir"), name), env_info)
     pytestconfig.stash[RESULT_LOG] = log
     yield log
     report = pytestconfig.getoption("--accuracy-report")

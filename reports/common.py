@@ -50,5 +50,15 @@ def check_writable(path: Path, *, overwrite: bool) -> Path:
     return path
 
 
+def free_path(folder: Path, stem: str, suffix: str = ".json") -> Path:
+    """`folder/stem+suffix`, or `stem-2`, `stem-3`, ... where an earlier run took that name: results named by the
+    minute they started (accuracy-DATE_HHMM_UTC.json) would otherwise replace those of another run of that minute."""
+    path, n = Path(folder) / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = Path(folder) / f"{stem}-{n}{suffix}"
+    return path
+
+
 def sci(x: float) -> str:
     return "nan" if x != x else f"{x:.2e}"

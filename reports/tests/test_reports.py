@@ -515,6 +515,34 @@ def test_a_test_that_dies_before_adding_rows_is_reported_failed(tmp_path):
     assert "Not recorded" in outcomes(None)
 
 
+def test_a_run_never_replaces_the_results_of_another_run_of_its_minute(tmp_path):
+    """Results are named by the minute a run starts: where an earlier run of that minute (a stage resumed, a part of
+    a suite) wrote the name, the new run writes beside it."""
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    taken = {}
+    for minutes in range(3):  # every name the run below may start in
+        path = tmp_path / f"accuracy-{(now + timedelta(minutes=minutes)):%Y-%m-%d_%H%M}_UTC.json"
+        path.write_text(json.dumps({"env": {}, "rows": [], "kept": minutes}))
+        taken[path] = path.read_text()
+    run_suite("reports/tests/suite_outcomes.py", tmp_path)
+    assert {p: p.read_text() for p in taken} == taken
+    (new,) = set(tmp_path.glob("accuracy-*.json")) - set(taken)
+    assert new.name.endswith("_UTC-2.json") and len(json.loads(new.read_text())["tests"]) == 3
+
+
+def test_free_path_counts_past_every_name_taken(tmp_path):
+    from reports.common import free_path
+
+    assert free_path(tmp_path, "a") == tmp_path / "a.json"
+    for name in ("a.json", "a-2.json", "a-3.json"):
+        (tmp_path / name).write_text("{}")
+    assert free_path(tmp_path, "a") == tmp_path / "a-4.json"
+    assert free_path(tmp_path, "a", ".md") == tmp_path / "a.md"
+
+
 def test_the_committed_reports_are_made_from_the_committed_data(tmp_path):
     """reports/speedup.md and reports/scaling.md are what `python -m reports` makes of reports/data/, byte for byte,
     beside the profiles and the scaling report they link to: never edited by hand, never stale."""
