@@ -35,9 +35,10 @@ def psnr(a: Tensor, b: Tensor) -> float:
 def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> float:
     """Wang et al. (2004): Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, range 255; mean over pixels and RGB."""
     g = torch.exp(-((torch.arange(window, dtype=torch.float64) - window // 2) ** 2) / (2 * sigma**2))
-    g = (g / g.sum())[None, :]
-    kernel = (g.T @ g)[None, None].repeat(3, 1, 1, 1)  # (3, 1, w, w), one per channel
-    blur = lambda x: F.conv2d(x, kernel, groups=3)  # noqa: E731  valid region only, like skimage's default crop
+    g = (g / g.sum()).repeat(3, 1, 1, 1)  # (3, 1, 1, w), one per channel
+    # the Gaussian window is separable: a row pass, then a column pass, is the 2-D window at 2w taps a pixel, not w^2
+    # (5x fewer at w = 11); valid region only, like skimage's default crop
+    blur = lambda x: F.conv2d(F.conv2d(x, g, groups=3), g.transpose(2, 3), groups=3)  # noqa: E731
     x, y = a.double()[None], b.double()[None]
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my

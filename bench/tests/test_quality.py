@@ -24,6 +24,26 @@ def test_ssim_is_one_for_identical_and_falls_with_noise():
     assert 0 < ssim(noisier, img) < ssim(noisy, img) < 1
 
 
+def test_ssim_is_wang_et_als_with_the_full_2d_window():
+    """Against the definition written out: the 11x11 Gaussian window as one 2-D kernel, local statistics from it, and
+    the mean of the SSIM map over the valid region of every channel."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(3, 40, 56, generator=g, dtype=torch.float64) * 255
+    b = (a + torch.randn(a.shape, generator=g, dtype=torch.float64) * 25).clamp(0, 255)
+    x = torch.arange(11, dtype=torch.float64) - 5
+    w = torch.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 1.5**2))
+    w = (w / w.sum()).expand(3, 1, 11, 11)
+    mu = lambda t: F.conv2d(t[None], w, groups=3)  # noqa: E731
+    ma, mb = mu(a), mu(b)
+    va, vb, cov = mu(a * a) - ma**2, mu(b * b) - mb**2, mu(a * b) - ma * mb
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    expected = ((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean().item()
+    assert ssim(a.float(), b.float()) == pytest.approx(expected, rel=1e-6)
+    assert ssim(a.float(), b.float()) < 0.99  # the noise is seen
+
+
 def test_inception_has_pytorch_fids_architecture():
     """torchvision's Inception3 has 27,161,264 parameters; without its 1000-way fc (2,049,000) and AuxLogits
     (3,326,696) that leaves 21,785,568, the network pytorch-fid reads pool3 from."""
