@@ -10,7 +10,6 @@ The images are saved (outside the timed region) for the image-quality report (`p
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from bench.ladder import LADDER, recipe_engines
 from bench.ladder import stages as pipeline_stages
 from bench.timing import Events, allocated_mib, cuda_clock, free_memory, peak_memory_mib, reset_peak_memory, summary_ms
 from reference.dpm_solver import STEPS, make_plan
-from reference.images import save_result
+from reference.images import save_results
 from reference.pipeline import Pipeline, Result
 from reference.prompts import Prompt, default_prompts_path, read_prompts
 
@@ -118,7 +117,9 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
             e.close()
         free_memory(device)
     folder = recipe.name + (f"-{steps}steps" if steps != STEPS else "") + (f"-batch{batch}" if batch != 1 else "")
-    _save(pytestconfig.getoption("--bench-images") / folder, results[warmup * batch :], benchmark.extra_info)
+    # a timed call's wall time, shared by the images it made (none where timing is off)
+    seconds = [s / batch for s in ([] if benchmark.disabled else benchmark.stats.stats.data) for _ in range(batch)]
+    _save(pytestconfig.getoption("--bench-images") / folder, results[warmup * batch :], seconds, benchmark.extra_info)
     last = results[-1][1]
     assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
     assert last.latents.isfinite().all(), f"{recipe.name}: non-finite latents"
@@ -133,12 +134,13 @@ def _chunks(values: list[float], n: int) -> list[list[float]]:
     return [values[i : i + n] for i in range(0, len(values), n)]
 
 
-def _save(folder, results, info) -> None:
-    """Each timed image (reference.images.save_result), plus what made them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    seen = set()
-    for p, result in results:
+def _save(folder: Path, results: list[tuple[Prompt, Result]], seconds: list[float], info: dict) -> None:
+    """Each timed image once (the quick protocol repeats its prompt) as `bench references` writes them
+    (reference.images.save_results), so that `bench quality` takes the folder like any other; a NaN image is listed
+    as refused, and raised once the others are written."""
+    seen, made = set(), []
+    for i, (p, result) in enumerate(results):
         if p.index not in seen:
             seen.add(p.index)
-            save_result(folder, p, result)
-    (folder / "manifest.json").write_text(json.dumps({**info, "files": sorted(seen)}, indent=1, default=str))
+            made.append((p, result, seconds[i] if i < len(seconds) else None))
+    save_results(folder, made, metadata=info)

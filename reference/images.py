@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -72,7 +72,7 @@ def save_result(folder: Path, p: Prompt, result) -> Path:
     return png
 
 
-def image_entry(p: Prompt, png: Path, seconds: float) -> dict:
+def image_entry(p: Prompt, png: Path, seconds: float | None) -> dict:
     return {"index": p.index, "seed": p.seed, "prompt": p.prompt, "file": png.name, "seconds": seconds}
 
 
@@ -80,7 +80,29 @@ def write_manifest(folder: Path, metadata: dict, result, entries: list[dict], re
     """`manifest.json`: what made the images (`metadata`), how (noise order, rounding), each image and its seconds."""
     meta = {**metadata, "noise_order": result.noise_order, "rounding": result.rounding, "images": entries,
             "nonfinite": refused}  # fmt: skip
-    (Path(folder) / "manifest.json").write_text(json.dumps(meta, indent=2))
+    (Path(folder) / "manifest.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def save_results(folder: Path, made: Iterable[tuple[Prompt, object, float | None]], *, metadata: dict) -> Path:
+    """Each (prompt, pipeline `Result`, seconds) of `made` as `save_result` writes it, then `manifest.json` with
+    `metadata`. An image with NaN or Inf is a verdict on that image: listed in the manifest, the others still written,
+    and raised once all are done. What `bench quality` compares, whether `bench references` or a benchmark made it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries, refused, result = [], {}, None
+    for p, result, seconds in made:
+        try:
+            png = save_result(folder, p, result)
+        except NonFiniteOutput as e:
+            refused[image_stem(p)] = str(e)
+            continue
+        entries.append(image_entry(p, png, seconds))
+    write_manifest(folder, metadata, result, entries, refused)
+    if refused:
+        first = next(iter(refused))
+        raise NonFiniteOutput(f"{len(refused)} of {len(refused) + len(entries)} images refused ({first}: "
+                              f"{refused[first]}); {folder / 'manifest.json'} lists them")  # fmt: skip
+    return folder
 
 
 def write_images(
@@ -96,23 +118,12 @@ def write_images(
     and `manifest.json` with `metadata` and per-image seconds. Refuses to touch existing files unless `overwrite`."""
     if not prompts:
         raise ValueError("no prompts given: nothing to generate")
-    folder = Path(folder)
-    check_free(folder, prompts, overwrite=overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    entries, refused, result = [], {}, None
-    for p in tqdm(prompts, desc=f"images -> {folder}", disable=not progress):
-        t0 = time.perf_counter()
-        result = generate(p.prompt, p.seed)  # synchronises: the image comes back to the CPU
-        seconds = time.perf_counter() - t0
-        try:
-            png = save_result(folder, p, result)
-        except NonFiniteOutput as e:  # a verdict on this image: recorded, and the others still made
-            refused[image_stem(p)] = str(e)
-            continue
-        entries.append(image_entry(p, png, seconds))
-    write_manifest(folder, metadata, result, entries, refused)
-    if refused:
-        first = next(iter(refused))
-        raise NonFiniteOutput(f"{len(refused)} of {len(prompts)} images refused ({first}: {refused[first]}); "
-                              f"{folder / 'manifest.json'} lists them")  # fmt: skip
-    return folder
+    check_free(Path(folder), prompts, overwrite=overwrite)
+
+    def made():
+        for p in tqdm(prompts, desc=f"images -> {folder}", disable=not progress):
+            t0 = time.perf_counter()
+            result = generate(p.prompt, p.seed)  # synchronises: the image comes back to the CPU
+            yield p, result, time.perf_counter() - t0
+
+    return save_results(folder, made(), metadata=metadata)

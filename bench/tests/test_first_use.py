@@ -171,8 +171,9 @@ def test_the_benchmarks_take_any_batch_size(pytester):
     assert three["images_per_s"] == pytest.approx(3e3 / three["wall_p50_ms"])
     assert all(info["footprint_mib"] is None for info in runs.values())  # measured by CUDA's allocator alone
     assert all(info["nonfinite_images"] == 0 for info in runs.values())
-    saved = json.loads((images / "pytorch-fp32-2steps-batch3" / "manifest.json").read_text())["files"]
-    assert saved == [0, 1, 2]  # the first three prompts, one image each
+    saved = json.loads((images / "pytorch-fp32-2steps-batch3" / "manifest.json").read_text())["images"]
+    assert [e["index"] for e in saved] == [0, 1, 2]  # the first three prompts, one image each
+    assert len({e["seconds"] for e in saved}) == 1 and saved[0]["seconds"] > 0  # one call's time, shared by its three
 
 
 def test_a_prompt_longer_than_clip_reads_is_said_with_what_is_dropped():

@@ -1,8 +1,19 @@
-"""The seed protocol's image plan: 5 warm-up images from prompts.tsv, then the (possibly limited) timed pairs."""
+"""The seed protocol's image plan: 5 warm-up images from prompts.tsv, then the (possibly limited) timed pairs; and the
+images it keeps."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from bench.bench_pipeline import WARMUP_IMAGES, image_plan
+from bench.cli import references
+from bench.quality import compare_folders
 from reference.prompts import default_prompts_path, read_prompts
 
 
@@ -54,3 +65,74 @@ def test_images_with_nan_are_counted():
 
     p = read_prompts(default_prompts_path())[0]
     assert nonfinite([(p, made(None)), (p, made("uvit")), (p, made("decoder"))]) == 2
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def seed_protocol(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """pytorch-fp32 timed by the seed protocol on the first two pairs, tiny, on the CPU, its images in tmp/timed."""
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "bench/bench_pipeline.py::test_pipeline"
+           "[pytorch-fp32]", "--benchmark-only", "--size", "tiny", "--device", "cpu", "--bench-protocol", "seed",
+           "--bench-limit", "2", "--bench-warmup", "0", "--bench-images", str(tmp_path / "timed"),
+           "--benchmark-json", str(tmp_path / "bench.json"), *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_the_protocols_images_are_what_the_images_stage_writes(tmp_path):
+    """A seed-protocol run keeps its timed images as `bench references` writes them, so `.ci/gpu-reports` makes each
+    recipe's 40 images once: `bench quality` takes the folder, and pytorch-fp32's are the references' bit for bit."""
+    proc = seed_protocol(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    timed = tmp_path / "timed" / "pytorch-fp32"
+    manifest = json.loads((timed / "manifest.json").read_text())
+    assert [(e["index"], e["seed"], e["file"]) for e in manifest["images"]] == [(0, 29764, "00_29764.png"),
+                                                                                (1, 38671, "01_38671.png")]  # fmt: skip
+    assert all(e["seconds"] > 0 for e in manifest["images"]) and manifest["nonfinite"] == {}
+    refs = references(out=tmp_path / "refs", limit=2, size="tiny", device="cpu", recipe="pytorch-fp32", progress=False)
+    judged = compare_folders(refs, timed, inception_weights=None, device=torch.device("cpu"))
+    assert judged["missing"] == [] and len(judged["rows"]) == 2
+    assert judged["checks"]["psnr_db"]["value"] == math.inf and judged["checks"]["latents_rel_l2"]["value"] == 0
+
+
+def test_a_protocol_image_with_nan_is_listed_and_fails_its_verdict(tmp_path):
+    """A NaN weight in the U-ViT: the protocol's run fails naming the refused images, its folder lists them, and the
+    images verdict counts them, rather than finding the images missing."""
+    from reference.checkpoints import load_models, write_checkpoints
+    from reference.configs import ModelConfig
+
+    models = load_models(ModelConfig.from_name("tiny"), seed=0)
+    with torch.no_grad():
+        models.uvit.out_blocks[-1].mlp.fc2.weight[0, 0] = float("nan")
+    proc = seed_protocol(tmp_path, "--weights", str(write_checkpoints(models, tmp_path / "weights")))
+    assert proc.returncode == 1 and "2 of 2 images refused" in proc.stdout, proc.stdout[-3000:]
+    timed = tmp_path / "timed" / "pytorch-fp32"
+    assert sorted(json.loads((timed / "manifest.json").read_text())["nonfinite"]) == ["00_29764", "01_38671"]
+    refs = references(out=tmp_path / "refs", limit=2, size="tiny", device="cpu", recipe="pytorch-fp32", progress=False)
+    judged = compare_folders(refs, timed, inception_weights=None, device=torch.device("cpu"))
+    assert judged["verdict"] == "FAIL" and judged["checks"]["finite"]["value"] == 2
+
+
+def test_gpu_reports_makes_a_recipes_images_once_and_keeps_what_is_made(tmp_path):
+    """`.ci/gpu-reports protocol images`: the protocol's first run of a recipe writes the images stage's folder, which
+    that stage then finds made; a second run keeps its images apart, as does a run after the images stage."""
+
+    def run(results: Path, recipes: str, *stages: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "SIZE": "tiny", "LIMIT": "2", "RESULTS": str(results), "PYTHON": sys.executable,
+               "RECIPES": recipes}  # fmt: skip
+        return subprocess.run(["bash", ".ci/gpu-reports", *stages], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    proc = run(tmp_path / "a", "pytorch-fp32 pytorch-fp32:2", "protocol")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    made = json.loads((tmp_path / "a" / "images" / "pytorch-fp32" / "manifest.json").read_text())
+    assert made["protocol"] == "seed" and len(made["images"]) == 2
+    assert (tmp_path / "a" / "images-timed" / "pytorch-fp32" / "manifest.json").is_file()
+    proc = run(tmp_path / "a", "pytorch-fp32", "images")
+    assert proc.returncode == 0 and "images pytorch-fp32: done" in proc.stdout, proc.stdout[-3000:]
+    # the images stage first: what it made stays, the protocol's images go apart
+    assert run(tmp_path / "b", "pytorch-fp32", "images").returncode == 0
+    before = (tmp_path / "b" / "images" / "pytorch-fp32" / "manifest.json").read_bytes()
+    assert run(tmp_path / "b", "pytorch-fp32", "protocol").returncode == 0
+    assert (tmp_path / "b" / "images" / "pytorch-fp32" / "manifest.json").read_bytes() == before
+    assert (tmp_path / "b" / "images-timed" / "pytorch-fp32" / "manifest.json").is_file()
