@@ -117,9 +117,11 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
             e.close()
         free_memory(device)
     folder = recipe.name + (f"-{steps}steps" if steps != STEPS else "") + (f"-batch{batch}" if batch != 1 else "")
+    timed_results = results[warmup * batch :]
     # a timed call's wall time, shared by the images it made (none where timing is off)
-    seconds = [s / batch for s in ([] if benchmark.disabled else benchmark.stats.stats.data) for _ in range(batch)]
-    _save(pytestconfig.getoption("--bench-images") / folder, results[warmup * batch :], seconds, benchmark.extra_info)
+    per_call = [] if benchmark.disabled else benchmark.stats.stats.data
+    seconds = [s / batch for s in per_call for _ in range(batch)] or [None] * len(timed_results)
+    _save(pytestconfig.getoption("--bench-images") / folder, timed_results, seconds, benchmark.extra_info)
     last = results[-1][1]
     assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
     assert last.latents.isfinite().all(), f"{recipe.name}: non-finite latents"
@@ -134,13 +136,13 @@ def _chunks(values: list[float], n: int) -> list[list[float]]:
     return [values[i : i + n] for i in range(0, len(values), n)]
 
 
-def _save(folder: Path, results: list[tuple[Prompt, Result]], seconds: list[float], info: dict) -> None:
+def _save(folder: Path, results: list[tuple[Prompt, Result]], seconds: list[float | None], info: dict) -> None:
     """Each timed image once (the quick protocol repeats its prompt) as `bench references` writes them
     (reference.images.save_results), so that `bench quality` takes the folder like any other; a NaN image is listed
     as refused, and raised once the others are written."""
     seen, made = set(), []
-    for i, (p, result) in enumerate(results):
+    for (p, result), s in zip(results, seconds, strict=True):
         if p.index not in seen:
             seen.add(p.index)
-            made.append((p, result, seconds[i] if i < len(seconds) else None))
+            made.append((p, result, s))
     save_results(folder, made, metadata=info)
