@@ -44,7 +44,12 @@ def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _lossless(png: str) -> Path:
     """The PNG, or where only the JPEG travelled (a GPU run's results), the JPEG."""
-    return Path(png) if Path(png).is_file() else Path(png).with_suffix(".jpg")
+    for path in (Path(png), Path(png).with_suffix(".jpg")):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{png} (or its .jpg) is not here: the image grids show the images that `bench quality` "
+                            "compared, which are not committed; make this report where that run's images are, in the "
+                            "folder it ran from")  # fmt: skip
 
 
 def grid(comparison: dict, path: Path, *, rows: int = 6, side: int = 256) -> Path:
