@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from engines.spec import COMPONENTS
+
 ROOT = Path(__file__).resolve().parents[2]
 REPORTS = ROOT / "reports"
-COMPONENTS = ("clip", "uvit", "decoder")
 
 
 def results_from_committed_data(results: Path) -> None:
