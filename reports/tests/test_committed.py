@@ -54,6 +54,10 @@ def test_the_reports_stage_remakes_the_committed_reports_and_keeps_other_files(t
     out.mkdir()
     for name, text in kept.items():
         (out / name).write_text(text)
+    stale = ["pd-a-recipe-no-longer-run.png", "profile-gone-uvit.md", "scaling.png", "data/bench-old.json"]
+    (out / "data").mkdir()
+    for name in stale:
+        (out / name).write_bytes(b"an earlier run's")
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     proc = subprocess.run(["bash", ".ci/gpu-reports", "reports"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -61,6 +65,8 @@ def test_the_reports_stage_remakes_the_committed_reports_and_keeps_other_files(t
 
     for name, text in kept.items():
         assert (out / name).is_file() and (out / name).read_text() == text, f"the stage removed or changed {name}"
+    for name in stale:
+        assert not (out / name).is_file() or (out / name).read_bytes() != b"an earlier run's", f"{name} was left"
     committed = sorted(p.name for p in REPORTS.glob("*.md"))
     assert committed == sorted(p.name for p in out.glob("*.md") if p.name not in kept)
     for name in committed:
