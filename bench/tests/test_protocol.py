@@ -4,6 +4,7 @@ images it keeps."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,18 @@ def test_gpu_reports_makes_a_recipes_images_once_and_keeps_what_is_made(tmp_path
     assert run(tmp_path / "b", "pytorch-fp32", "protocol").returncode == 0
     assert (tmp_path / "b" / "images" / "pytorch-fp32" / "manifest.json").read_bytes() == before
     assert (tmp_path / "b" / "images-timed" / "pytorch-fp32" / "manifest.json").is_file()
+
+
+def test_gpu_reports_runs_with_its_results_in_another_checkout(tmp_path):
+    """RESULTS inside another checkout of the project (a run's results beside the code of another commit): a folder
+    that exists must stay an option's value. pytest reads `--bench-images DIR` before the conftest defines the option,
+    takes DIR for a test path, and loads DIR's checkout's conftest beside ours: both add --size, and pytest stops."""
+    other = tmp_path / "other"
+    (other / "results" / "images").mkdir(parents=True)
+    shutil.copy(ROOT / "conftest.py", other / "conftest.py")
+    env = {**os.environ, "SIZE": "tiny", "LIMIT": "1", "RESULTS": str(other / "results"), "PYTHON": sys.executable,
+           "RECIPES": "pytorch-fp32"}  # fmt: skip
+    proc = subprocess.run(["bash", ".ci/gpu-reports", "protocol"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert "already added" not in proc.stderr, proc.stderr[-2000:]
+    assert json.loads((other / "results" / "bench-seed-pytorch-fp32.json").read_text())["benchmarks"]
