@@ -5,7 +5,9 @@ accuracy suite and the same image verdicts as ours:
                               less their mean over the tokens, q and k rounded to int8 with one scale per block of
                               128 query or 64 key tokens, the int8 product in int32, P V in fp16. The engine declares
                               approximation `attention=int8-blocks` (reference.approximations), written from that
-                              recipe, so that the suite judges the kernel, not the recipe.
+                              recipe, so that the suite judges the kernel, not the recipe. It fails there: 1.0.6
+                              scores the last block's missing keys 0, not minus infinity, so at the U-ViT's 1105 tokens
+                              47 phantom keys share each softmax (engines/tests/test_alternatives.py shows it).
     fp8_kernels=torchao       the U-ViT block linears by torchao's float8 inference
                               (Float8DynamicActivationFloat8WeightConfig; fp8_scaling=row is its PerRow granularity,
                               fp8_accumulate=fast its default use_fast_accum), judged by the FP8 linears' emulation as

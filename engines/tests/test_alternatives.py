@@ -12,11 +12,13 @@ from engines import BackendUnavailable, build_engine, spec, unavailable
 from engines.alternatives import SageAttention, missing
 from engines.eager import approximations, set_attention
 from engines.recipes import recipe
+from plugin.tests import rerun_under_interpreter
 from reference import uvit as uv
 from reference.approximations import SAGE_TOKENS, int8_attention
 from reference.checkpoints import load_models
 from reference.compare import rel_l2
 from reference.configs import ModelConfig
+from reference.tolerances import rule_for
 
 
 @pytest.fixture(scope="module")
@@ -61,30 +63,73 @@ def test_heads_without_a_kernel_are_refused(models):
         set_attention(copy.deepcopy(models.uvit), "sageattention")
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("L", [1024, 1105], ids=["whole-blocks", "uvit-length"])
-def test_sageattention_against_its_recipe(L):
-    """The library's kernel against reference.approximations' emulation of its recipe (per-block int8 q and smoothed
-    k) on the same fp16 values; keys share an offset that the smoothing removes."""
-    pytest.importorskip("sageattention", reason="pip install 'unidiffuser-bench[alternatives]'")
-    from engines.alternatives import sageattn
-
-    B, H, D = 2, 3, 64
-    g = torch.Generator().manual_seed(L)
-    qkv = torch.randn(B, L, 3, H, D, generator=g) * 2
-    qkv[:, :, 1] += torch.randn(1, 1, H, D, generator=g) * 4
-    qkv = qkv.to("cuda", torch.float16)
+def sageattention(qkv: torch.Tensor, scale: float) -> torch.Tensor:
+    """The library's attention of stacked (B, L, 3, H, D) fp16 q/k/v -> (B, L, H * D). On a GPU our engine's call of
+    `sageattn`; under the interpreter sageattn's body, whose first line refuses tensors off CUDA."""
     q, k, v = qkv.unbind(2)
-    k_before = k.clone()
-    got = sageattn(q, k, v, D**-0.5).flatten(2)
-    assert torch.equal(k, k_before)  # the library's in-place smoothing stays in its copy
-    got, values = got.cpu(), qkv.cpu().float()  # rounded as the kernel rounds: in fp32
-    rel, per_token = rel_l2(got, int8_attention(values, D**-0.5, SAGE_TOKENS)), int8_attention(values, D**-0.5, (1, 1))
-    print(f"L={L}: rel L2 against the recipe {rel:.3g}, against a scale per token {rel_l2(got, per_token):.3g}")
-    # the rest is its fp16 accumulator for P V (its paper's choice): 0.75% at L=1024, 0.80% at 1105 on the H200,
-    # where the recipe is 2.8% from exact attention and 3.3% from the same rounding with a scale per token
-    assert rel < 1e-2, rel
-    assert rel_l2(got, per_token) > 2 * rel  # the bound tells the two granularities apart
+    if qkv.is_cuda:
+        from engines.alternatives import sageattn
+
+        k_before = k.clone()
+        out = sageattn(q, k, v, scale)
+        assert torch.equal(k, k_before)  # the library's in-place smoothing stays in its copy
+        return out.flatten(2)
+    from sageattention.attn_qk_int8_per_block import forward
+    from sageattention.quant_per_block import per_block_int8
+
+    k = k - k.mean(dim=1, keepdim=True)
+    q8, q_scale, k8, k_scale = per_block_int8(q, k, sm_scale=scale, tensor_layout="NHD")
+    return forward(q8, k8, v, q_scale, k_scale, tensor_layout="NHD", output_dtype=qkv.dtype).flatten(2)
+
+
+def with_zero_scored_keys(qkv: torch.Tensor, n: int) -> torch.Tensor:
+    """qkv with n more tokens whose keys are the keys' mean and whose queries and values are zero: once smoothed, keys
+    that score 0 against every query and add nothing but their share of the softmax."""
+    extra = torch.zeros_like(qkv[:, :n])
+    extra[:, :, 1] = qkv[:, :, 1].mean(dim=1, keepdim=True)
+    return torch.cat([qkv, extra], dim=1)
+
+
+@pytest.mark.parametrize("L", [1024, 1105], ids=["whole-blocks", "uvit-length"])
+def test_sageattention_against_its_recipe(kernel_device, L):
+    """SageAttention 1.0.6's kernels against reference.approximations' emulation of the recipe the engine declares
+    (attention=int8-blocks), held to the accuracy suite's rule for fp16: 3 x the plain fp16 emulation's error + 2^-11.
+    Keys as the U-ViT's deeper blocks hold them: an offset shared by the tokens, twice their spread.
+
+    At a length that fills its blocks of 64 keys it passes. At the U-ViT's 1105 tokens it fails, as the accuracy suite
+    found it failing at full size on the H200 (uvit.in_blocks.8.norm2 first, then every block's attention deeper in):
+    1.0.6 loads the last block's 47 missing keys as zeros and scores them 0, not minus infinity, so each takes a share
+    of the softmax and brings a zero value. The recipe with 47 such keys added is what it computes. Later SageAttention
+    masks them; once a release that does is the one we pin, the first assertion below fails, and the engine's verdict
+    changes with it."""
+    pytest.importorskip("sageattention", reason="pip install 'unidiffuser-bench[alternatives]'")
+    B, H, D, scale, rule = 1, 2, 64, 64**-0.5, rule_for("uvit", "fp16")
+    g = torch.Generator().manual_seed(L)
+    qkv = torch.randn(B, L, 3, H, D, generator=g)
+    qkv[:, :, 1] += torch.randn(1, 1, H, D, generator=g) * 2
+    qkv = qkv.half()
+    got = sageattention(qkv.to(kernel_device), scale).cpu()
+
+    def judged(recipe: torch.Tensor) -> tuple[float, float]:
+        """got's error against the recipe in fp64, and its bound from the same recipe in plain fp16."""
+        oracle, plain = (int8_attention(recipe.to(dt), scale, SAGE_TOKENS)[:, :L] for dt in (torch.float64, qkv.dtype))
+        return rel_l2(got, oracle), rule.bound(rel_l2(plain, oracle))
+
+    error, bound = judged(qkv)
+    missing = -L % SAGE_TOKENS[1]
+    print(f"L={L}: rel L2 {error:.3g} against the recipe, bound {bound:.3g}")
+    if missing:
+        assert error > 2 * bound, (error, bound)
+        error, bound = judged(with_zero_scored_keys(qkv, missing))
+        print(f"  with {missing} keys scored 0: rel L2 {error:.3g}, bound {bound:.3g}")
+    assert error <= bound, (error, bound)
+    # the bound tells the recipe's granularity from a scale per token
+    assert rel_l2(got, int8_attention(qkv.double(), scale, (1, 1))) > bound
+
+
+def test_kernels_through_the_interpreter():
+    pytest.importorskip("sageattention", reason="pip install 'unidiffuser-bench[alternatives]'")
+    rerun_under_interpreter(__file__, select="against_its_recipe")
 
 
 @pytest.mark.gpu
