@@ -13,7 +13,7 @@ import pandas as pd
 
 from engines.recipes import BASELINE, LADDER, ladder_position
 from engines.recipes import recipe as named
-from engines.spec import COMPONENTS
+from engines.spec import COMPONENTS, EngineSpec
 from reports.common import BENCHMARK_JSON, QUALITY_JSON, check_writable, env_header, read_result
 
 # the columns the tables read, there (empty) where no benchmark wrote them: the seed's protocol times the pipeline alone
@@ -168,7 +168,8 @@ def speedups(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def efficiency(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Achieved TFLOP/s and share of the measured fp16 matmul peak for the U-ViT step and the decoder."""
+    """Achieved TFLOP/s and share of the measured fp16 matmul peak for the U-ViT step and the decoder, and the FLOP
+    floor at each engine's own precision over its time: an FP8 U-ViT near the fp16 peak is still far from its own."""
     peak = matmul_peak(df)
     flops = {c: df[df["group"] == c]["flops"].max() for c in ("uvit", "decoder")}
     rows = {}
@@ -177,6 +178,10 @@ def efficiency(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
         tflops = flops[c] / ms / 1e9
         rows[f"{c} TFLOP/s"] = tflops
         rows[f"{c} share of peak"] = tflops / peak
+        precision = {r.name: r.builds[c].precision for r in LADDER}
+        best = table.loc[c, "best configuration"]
+        precision["best measured"] = EngineSpec.parse(best).precision if isinstance(best, str) else None
+        rows[f"{c} share of its floor"] = pd.Series({n: floor_ms(df, c, precision[n]) for n in ms.index}) / ms
     return pd.DataFrame(rows).T, peak
 
 
@@ -250,20 +255,22 @@ def floors(df: pd.DataFrame, recipe_name: str, steps: int = STEPS) -> dict[str, 
     pipeline's: `steps` U-ViT steps, the decoder and CLIP). An fp16 engine's at the fp16 peak; an FP8 U-ViT's linears
     at the FP8 peak and the rest (attention) at the fp16 peak. NaN where a peak or the FLOPs by kind were not
     recorded."""
-    peak, fp8_peak = matmul_peak(df), matmul_peak(df, "float8_e4m3fn")
-    flops = {c: df[df["group"] == c]["flops"].max() for c in COMPONENTS}
-    builds = named(recipe_name).builds
-    out = {}
-    for c in COMPONENTS:
-        if builds[c].precision == "fp16":
-            out[c] = flops[c] / peak / 1e9
-        elif builds[c].precision == "fp8":
-            linear = _flops_by_kind(df, c).get("linear", float("nan"))
-            out[c] = linear / fp8_peak / 1e9 + (flops[c] - linear) / peak / 1e9
-        else:
-            out[c] = float("nan")
+    out = {c: floor_ms(df, c, named(recipe_name).builds[c].precision) for c in COMPONENTS}
     out["pipeline"] = steps * out["uvit"] + out["clip"] + out["decoder"]
     return out
+
+
+def floor_ms(df: pd.DataFrame, component: str, precision: str | None) -> float:
+    """One call's FLOP floor (ms) for an engine of `component` at `precision`: fp16 and bf16 at their matmul peaks;
+    FP8 (the U-ViT's) its linears at the FP8 peak and the rest at the fp16 one; NaN for fp32, whose peak is not
+    measured, or where a peak or the FLOPs by kind were not recorded."""
+    flops = df[df["group"] == component]["flops"].max()
+    if precision in ("fp16", "bf16"):
+        return flops / matmul_peak(df, {"fp16": "float16", "bf16": "bfloat16"}[precision]) / 1e9
+    if precision == "fp8":
+        linear = _flops_by_kind(df, component).get("linear", float("nan"))
+        return linear / matmul_peak(df, "float8_e4m3fn") / 1e9 + (flops - linear) / matmul_peak(df) / 1e9
+    return float("nan")
 
 
 def _flops_by_kind(df: pd.DataFrame, component: str) -> dict:
@@ -407,7 +414,7 @@ def to_markdown(
     def cell(v: float, share: bool) -> str:
         return "-" if pd.isna(v) else f"{v:.1%}" if share else f"{v:.1f}"
 
-    eff = pd.DataFrame({n: row.map(lambda v, s=n.endswith("share of peak"): cell(v, s)) for n, row in eff.iterrows()}).T
+    eff = pd.DataFrame({n: row.map(lambda v, s=" share of " in n: cell(v, s)) for n, row in eff.iterrows()}).T
     seed = pd.DataFrame(SEED_A10, index=["PyTorch-FP32", "PyTorch-FP16 baseline", "TRT-FP16+CudaGraph"]).T
     seed.index = [ROWS[i] for i in seed.index]
     pipes = pipeline_rows(df, steps=None)
@@ -428,7 +435,9 @@ def to_markdown(
         f"## Speed-up against `{BASELINE}`\n\n" + sp.to_markdown() + "\n",
         f"## Efficiency (measured fp16 matmul peak {peak:.0f} TFLOP/s)\n\n"
         "The reference model's FLOPs (bench.flops) over the time: an engine that computes the same function with fewer "
-        "(the decoder's `upsample=subpixel`) is credited with the reference's.\n\n" + eff.to_markdown() + "\n",
+        "(the decoder's `upsample=subpixel`) is credited with the reference's. `share of its floor`: the FLOP floor at "
+        "the engine's own precision (as in the targets below: an FP8 U-ViT's linears at the FP8 peak) over its time; "
+        "`-` for fp32, whose matmul peak is not measured.\n\n" + eff.to_markdown() + "\n",
     ]
     if len(stages):
         parts.append(

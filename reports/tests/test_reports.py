@@ -355,6 +355,33 @@ def test_the_speedup_table_takes_the_fastest_and_divides_the_baseline_by_each():
     assert eff.loc["uvit share of peak", "fast"] == pytest.approx(466.0 / 800.0)
 
 
+def test_an_engine_is_held_to_the_floor_of_its_own_precision():
+    """`share of its floor`: an FP8 U-ViT against its linears at the FP8 peak (not the fp16 one it may beat), a bf16
+    one against the bf16 peak; none for fp32, whose peak is not measured."""
+    import pandas as pd
+
+    from engines.recipes import LADDER
+    from reports.speedup import efficiency, speedup_table
+
+    rows = speedup_rows()
+    for name, ms in (("fast-fp8", 5.0), ("fast-bf16", 9.0)):
+        uvit = next(r for r in LADDER if r.name == name).builds["uvit"]
+        kinds = {"linear": 4.19e12, "attention": 0.47e12}
+        rows.append({"name": f"test_component[{uvit.id}]", "group": "uvit", "case": uvit.id, "component": "uvit",
+                     "p50_ms": ms, "flops": 4.66e12, "flops_by_kind": kinds})  # fmt: skip
+    rows += [{"name": f"test_matmul_peak[{p}]", "group": "peak", "precision": p, "tflops": t}
+             for p, t in (("bfloat16", 820.0), ("float8_e4m3fn", 1600.0))]  # fmt: skip
+    df = pd.DataFrame(rows)
+    eff, _ = efficiency(df, speedup_table(df))
+    share = eff.loc["uvit share of its floor"]
+    fp8_floor = 4.19e12 / 1600e12 * 1e3 + 0.47e12 / 800e12 * 1e3
+    assert eff.loc["uvit share of peak", "fast-fp8"] == pytest.approx(4.66e12 / 5e-3 / 800e12)  # 117% of fp16's
+    assert share["fast-fp8"] == pytest.approx(fp8_floor / 5.0) and share["best measured"] == share["fast-fp8"]
+    assert share["fast-bf16"] == pytest.approx(4.66e12 / 820e12 * 1e3 / 9.0)
+    assert share["fast"] == pytest.approx(466.0 / 800.0)
+    assert pd.isna(eff.loc["decoder share of its floor", "pytorch-fp16-baseline"])  # its decoder runs fp32
+
+
 def test_a_target_is_met_by_repeated_runs_of_a_recipe_whose_images_pass(tmp_path):
     """Two seed-protocol runs of fast under 390 ms meet its target, one does not; fast-fp8 under 260 ms with images
     that fail does not; a figure over its target is a miss with its FLOP floor beside it."""
