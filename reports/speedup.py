@@ -382,7 +382,9 @@ def clocks(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     sampled = df[df["clock_samples"].fillna(0) > 0]
     cols = ["sm_clock_mhz_p50", "sm_clock_mhz_min", "power_w_p50", "clock_samples"]
-    return sampled.set_index("name").reindex(columns=cols)  # a CPU run has the count, and no clock columns
+    # a pipeline timed under both protocols has one name for two runs
+    cols = (["protocol"] if "protocol" in sampled and sampled["protocol"].notna().any() else []) + cols
+    return sampled.set_index("name").reindex(columns=cols).fillna({"protocol": "-"})  # a CPU run: no clock columns
 
 
 def to_markdown(

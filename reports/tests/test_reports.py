@@ -176,6 +176,11 @@ def test_clocks_are_listed_for_the_runs_that_sampled_them():
     assert list(table.index) == ["test_component[uvit]"] and table.loc["test_component[uvit]", "power_w_p50"] == 690
     assert clocks(pd.DataFrame(rows[2:])).empty
     assert clocks(pd.DataFrame(rows[1:])).empty  # a CPU run: samples counted, none taken
+    assert "protocol" not in table
+    pipes = [{"name": "test_pipeline[fast]", "protocol": p, "clock_samples": n, "sm_clock_mhz_p50": mhz}
+             for p, n, mhz in (("quick", 40, 1830.0), ("seed", 400, 1740.0))]  # fmt: skip
+    table = clocks(pd.DataFrame(rows + pipes))
+    assert list(table["protocol"]) == ["-", "quick", "seed"] and list(table["sm_clock_mhz_p50"])[1:] == [1830, 1740]
 
 
 def test_an_engine_timed_in_several_builds_shows_their_spread_and_median(tmp_path):
