@@ -152,3 +152,31 @@ def test_gpu_reports_runs_with_its_results_in_another_checkout(tmp_path):
                           timeout=600)  # fmt: skip
     assert "already added" not in proc.stderr, proc.stderr[-2000:]
     assert json.loads((other / "results" / "bench-seed-pytorch-fp32.json").read_text())["benchmarks"]
+
+
+def test_gpu_reports_goes_past_a_failed_verdict_and_stops_where_pytest_judged_nothing(tmp_path):
+    """pytest's status 1 is a verdict that failed (here NaN weights: the recipe's images refused): the stage records it
+    and goes on. Any other status judged nothing (4: no such recipe; 5: a filter that selects no engine): the stage
+    stops with it and marks nothing done, rather than logging the failure as the recipe's verdict."""
+    from reference.checkpoints import load_models, write_checkpoints
+    from reference.configs import ModelConfig
+
+    models = load_models(ModelConfig.from_name("tiny"), seed=0)
+    with torch.no_grad():
+        models.uvit.out_blocks[-1].mlp.fc2.weight[0, 0] = float("nan")
+    weights, results = write_checkpoints(models, tmp_path / "weights"), tmp_path / "results"
+
+    def run(stage: str, **env: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "SIZE": "tiny", "LIMIT": "1", "RESULTS": str(results), "PYTHON": sys.executable, **env}
+        return subprocess.run(["bash", ".ci/gpu-reports", stage], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    proc = run("protocol", RECIPES="pytorch-fp32 no-such-recipe", PYTEST_ADDOPTS=f"--weights={weights}")
+    assert "protocol pytorch-fp32: images refused" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((results / "bench-seed-pytorch-fp32.json").read_text())["benchmarks"]  # its times stand
+    assert proc.returncode == 4 and "protocol no-such-recipe: pytest stopped with exit status 4" in proc.stderr
+    nothing = results / "bench-seed-no-such-recipe.json"
+    assert not nothing.is_file() or not nothing.stat().st_size
+    proc = run("accuracy", COMPONENTS="clip", K="no_such_engine")
+    assert proc.returncode == 5 and "accuracy clip: pytest stopped with exit status 5" in proc.stderr, proc.stderr
+    assert not (results / "accuracy" / "clip" / "done").exists()
