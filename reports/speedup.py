@@ -266,6 +266,7 @@ def floor_ms(df: pd.DataFrame, component: str, precision: str | None) -> float:
     measured, or where a peak or the FLOPs by kind were not recorded."""
     flops = df[df["group"] == component]["flops"].max()
     if precision in ("fp16", "bf16"):
+        # the dtype by test_matmul_peak's name for it, spelled here: the reports import without torch
         return flops / matmul_peak(df, {"fp16": "float16", "bf16": "bfloat16"}[precision]) / 1e9
     if precision == "fp8":
         linear = _flops_by_kind(df, component).get("linear", float("nan"))
