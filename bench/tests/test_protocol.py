@@ -155,9 +155,10 @@ def test_gpu_reports_runs_with_its_results_in_another_checkout(tmp_path):
 
 
 def test_gpu_reports_goes_past_a_failed_verdict_and_stops_where_pytest_judged_nothing(tmp_path):
-    """pytest's status 1 is a verdict that failed (here NaN weights: the recipe's images refused): the stage records it
-    and goes on. Any other status judged nothing (4: no such recipe; 5: a filter that selects no engine): the stage
-    stops with it and marks nothing done, rather than logging the failure as the recipe's verdict."""
+    """pytest's status 1 is a verdict that failed (here NaN weights: the recipe's images refused, in the protocol and
+    in the ladder's quick pipeline): the stage records it and goes on. Any other status judged nothing (4: no such
+    recipe; 5: a filter that selects no engine): the stage stops with it and marks nothing done, rather than logging
+    the failure as the recipe's verdict."""
     from reference.checkpoints import load_models, write_checkpoints
     from reference.configs import ModelConfig
 
@@ -177,6 +178,9 @@ def test_gpu_reports_goes_past_a_failed_verdict_and_stops_where_pytest_judged_no
     assert proc.returncode == 4 and "protocol no-such-recipe: pytest stopped with exit status 4" in proc.stderr
     nothing = results / "bench-seed-no-such-recipe.json"
     assert not nothing.is_file() or not nothing.stat().st_size
+    proc = run("bench", K="test_pipeline and pytorch-fp32", PYTEST_ADDOPTS=f"--weights={weights}")
+    assert proc.returncode == 0 and "bench: images refused" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((results / "bench-ladder.json").read_text())["benchmarks"]
     proc = run("accuracy", COMPONENTS="clip", K="no_such_engine")
     assert proc.returncode == 5 and "accuracy clip: pytest stopped with exit status 5" in proc.stderr, proc.stderr
     assert not (results / "accuracy" / "clip" / "done").exists()
