@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = """\
 # a group of two steps that share a results folder, and one of its own that fails
-g.first   echo "$UNIDIFFUSER_COMMIT" > "$RESULTS/x.json"; echo image > "$RESULTS/x.png"
+g.first   echo "$UNIDIFFUSER_COMMIT" > "$RESULTS/x.json"; echo image > "$RESULTS/x.png"; touch "$RESULTS/done"
 g.second  sleep 5; echo two > "$RESULTS/y.json"
-other     echo three > "$RESULTS/x.json"; exit 3
+other     echo three > "$RESULTS/x.json"; touch "$RESULTS/done"; exit 3
 """
 
 
@@ -41,7 +41,7 @@ def test_a_run_in_parts_resumes_on_a_new_machine_and_gathers_into_one_results_fo
     first = parts("poll", str(run), str(code), "1", str(out1), work=work)
     assert sorted(p.name for p in out1.glob("*.tar")) == ["part-g.first.tar"], first.stdout
     assert "not finished: g.second other" in first.stdout
-    assert members(out1 / "part-g.first.tar") == {"g/x.json", "g/g.first.log", "g/g.first.exit"}  # no PNG
+    assert members(out1 / "part-g.first.tar") == {"g/x.json", "g/done", "g/g.first.log", "g/g.first.exit"}  # no PNG
     time.sleep(1)  # the next call finds the run going, and starts nothing again
     out2 = tmp_path / "out2"
     second = parts("poll", str(run), str(code), "60", str(out2), work=work)
@@ -63,5 +63,6 @@ def test_a_run_in_parts_resumes_on_a_new_machine_and_gathers_into_one_results_fo
 
     results = tmp_path / "results"
     parts("gather", str(run), str(results), work=work)
-    assert sorted(str(p.relative_to(results)) for p in results.rglob("*")) == ["x-other.json", "x.json", "y.json"]
+    gathered = sorted(str(p.relative_to(results)) for p in results.rglob("*"))
+    assert gathered == ["done", "done-other", "x-other.json", "x.json", "y.json"]
     assert (results / "x.json").read_text().strip() == "c0ffee"
