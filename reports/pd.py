@@ -119,7 +119,15 @@ def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Pa
     for c in data["comparisons"]:
         if not any("png" in r for r in c["rows"]):  # every image refused (NaN/Inf): nothing to show
             continue
-        png = check_writable(out.with_name(f"{out.stem}-{Path(c['candidate']).name}.png"), overwrite=overwrite)
-        images.append(grid(c, png).name)
+        png = out.with_name(f"{out.stem}-{Path(c['candidate']).name}.png")
+        try:
+            images.append(grid(c, check_writable(png, overwrite=overwrite)).name)
+        except FileNotFoundError:
+            # a run whose images were made on several machines: each grid was made where its images were, and is
+            # kept (the reports stage removes every earlier run's grid first); with neither, say what is missing
+            if not png.is_file():
+                raise
+            print(f"kept {png}: the images it shows are not here")
+            images.append(png.name)
     out.write_text(to_markdown(data, images))
     return out

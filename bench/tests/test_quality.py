@@ -287,3 +287,37 @@ def test_pixel_metrics_of_one_run_merge_and_of_different_runs_are_refused(tmp_pa
         pixel_metrics([early, write("d.json", "other", date="2026-12-03 05:00", seed=8)])
     with pytest.raises(ValueError, match="more than one"):
         pixel_metrics([early, write("e.json", "slow", date="2026-12-03 05:00")])
+
+
+def test_a_run_scored_on_several_machines_merges_into_one_file_and_other_runs_do_not(tmp_path, capsys):
+    """`bench quality --merge`: the results of one run whose images were made on two machines (each scored there,
+    against the reference images made again from the same engines and pairs) become one file for the reports; two
+    runs, a candidate scored twice, or a merge given folders to score too are errors that say what to do."""
+    import json
+
+    from bench.cli import cli
+
+    def write(name, candidate, *, date, commit="abc"):
+        env = {"date": date, "commit": commit, "gpu": "NVIDIA H200", "torch": "2.11", "weights": "w", "size": "full"}
+        ref = {"engines": {"uvit": "uvit/eager/fp32"}, "weights": "w", "images": [{"index": 0, "seed": 7}]}
+        comparison = {"candidate": f"{name}/images/{candidate}", "reference_manifest": ref, "verdict": "pass",
+                      "rows": [{"image": "00_7", "psnr_db": 40.0, "pd": 1.0}]}  # fmt: skip
+        (tmp_path / name).write_text(json.dumps({"env": env, "comparisons": [comparison]}))
+        return str(tmp_path / name)
+
+    a, b = write("a.json", "fast", date="2026-12-05 01:00"), write("b.json", "inductor-fp16", date="2026-12-06 02:00")
+    cli(["quality", "--merge", b, a, "--out", str(tmp_path / "quality.json")])
+    merged = json.loads((tmp_path / "quality.json").read_text())
+    assert [c["candidate"] for c in merged["comparisons"]] == ["a.json/images/fast", "b.json/images/inductor-fp16"]
+    assert merged["env"]["date"] == "2026-12-05 01:00"
+    assert merged["env"]["scored"] == "2026-12-05 01:00, 2026-12-06 02:00"
+    for argv, says in [
+        (["--merge", a, write("c.json", "slow", date="2026-12-06 03:00", commit="def")], "different runs (commit"),
+        (["--merge", a, write("d.json", "fast", date="2026-12-06 03:00")], "fast is scored in more than one"),
+        (["--merge", a, "--reference", str(tmp_path)], "give it no --reference"),
+        ([], "give --reference and --candidates"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli(["quality", *argv, "--out", str(tmp_path / "other.json")])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()

@@ -43,9 +43,13 @@ def test_the_reports_stage_remakes_the_committed_reports_and_keeps_other_files(t
     shutil.copy(ROOT / ".ci" / "gpu-reports", tmp_path / ".ci" / "gpu-reports")
     results, out = tmp_path / "results" / "gpu", tmp_path / "reports"
     results_from_committed_data(results)
-    # the image grids of pd.md read the run's images, which are not committed: stand-ins at the same paths
+    # the image grids of pd.md read the run's images, which are not committed: stand-ins at the same paths; but for
+    # the first recipe, a grid made where its images were (a run whose images were made on several machines)
     quality = json.loads((results / "quality.json").read_text())
-    for row in (r for c in quality["comparisons"] for r in c["rows"]):
+    shown = [c for c in quality["comparisons"] if any("png" in r for r in c["rows"])]
+    made_elsewhere = f"pd-{Path(shown[0]['candidate']).name}.png"
+    Image.new("RGB", (8, 8), "red").save(results / made_elsewhere)
+    for row in (r for c in shown[1:] for r in c["rows"]):
         for key in ("png", "reference_png"):
             if key in row:
                 (tmp_path / row[key]).parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +69,7 @@ def test_the_reports_stage_remakes_the_committed_reports_and_keeps_other_files(t
 
     for name, text in kept.items():
         assert (out / name).is_file() and (out / name).read_text() == text, f"the stage removed or changed {name}"
+    assert (out / made_elsewhere).read_bytes() == (results / made_elsewhere).read_bytes()
     for name in stale:
         assert not (out / name).is_file() or (out / name).read_bytes() != b"an earlier run's", f"{name} was left"
     committed = sorted(p.name for p in REPORTS.glob("*.md"))
@@ -85,3 +90,12 @@ def test_pd_without_the_runs_images_says_where_they_were_expected(tmp_path, monk
                  for r in c["rows"] if "reference_png" in r)  # fmt: skip
     with pytest.raises(FileNotFoundError, match=re.escape(f"{first} (or its .jpg) is not here") + ".*run's images are"):
         write_report([REPORTS / "data" / "quality.json"], tmp_path / "pd.md")
+    # where the grids were made beside the images (a run whose images were made on several machines), they are kept
+    quality = json.loads((REPORTS / "data" / "quality.json").read_text())
+    names = [Path(c["candidate"]).name for c in quality["comparisons"] if any("png" in r for r in c["rows"])]
+    for name in names:
+        Image.new("RGB", (8, 8), "red").save(tmp_path / f"pd-{name}.png")
+    made = {n: (tmp_path / f"pd-{n}.png").read_bytes() for n in names}
+    write_report([REPORTS / "data" / "quality.json"], tmp_path / "pd.md", overwrite=True)
+    assert {n: (tmp_path / f"pd-{n}.png").read_bytes() for n in names} == made
+    assert all(f"(pd-{n}.png)" in (tmp_path / "pd.md").read_text() for n in names)
