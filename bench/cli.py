@@ -194,23 +194,22 @@ def quality(
             raise ValueError("--merge joins finished results: give it no --reference, --candidates, --pixels or "
                              "--inception")  # fmt: skip
         comparisons, env = one_run(merge, noted="scored")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"env": env, "comparisons": comparisons}, indent=1))
-        return out
-    if reference is None or not candidates:
+    elif reference is None or not candidates:
         raise ValueError("give --reference and --candidates (or --merge with finished results)")
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    weights = inception if inception is not None else packaged_weights()  # None: no PD, and the report says so
-    measured, made_on = pixel_metrics(pixels) if pixels else ({}, None)
-    comparisons = [
-        compare_folders(reference, c, inception_weights=weights, device=dev, pixels=measured.get(Path(c).name))
-        for c in candidates
-    ]
-    weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"
-    size = comparisons[0]["reference_manifest"].get("size", "unknown") if comparisons else "unknown"
-    here = environment(weights=weights, size=size)
-    # the images and their pixel metrics were made where `pixels` were: that machine heads the report; PD's is noted
-    env = {**made_on, "pd measured on": _machine(here)} if pixels else here
+    else:
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        weights = inception if inception is not None else packaged_weights()  # None: no PD, and the report says so
+        measured, made_on = pixel_metrics(pixels) if pixels else ({}, None)
+        comparisons = [
+            compare_folders(reference, c, inception_weights=weights, device=dev, pixels=measured.get(Path(c).name))
+            for c in candidates
+        ]
+        weights = comparisons[0]["reference_manifest"].get("weights", "unknown") if comparisons else "unknown"
+        size = comparisons[0]["reference_manifest"].get("size", "unknown") if comparisons else "unknown"
+        here = environment(weights=weights, size=size)
+        # the images and their pixel metrics were made where `pixels` were: that machine heads the report; PD's is
+        # noted
+        env = {**made_on, "pd measured on": _machine(here)} if pixels else here
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env": env, "comparisons": comparisons}, indent=1))
     return out

@@ -131,7 +131,7 @@ def one_run(quality_jsons: list[Path], *, noted: str) -> tuple[list[dict], dict]
                   key=lambda d: d[1]["env"].get("date", ""))  # fmt: skip
     first, env = data[0][0], data[0][1]["env"]
     comparisons: list[dict] = []
-    reference = None
+    reference, scored = None, set()
     for path, d in data:
         for key in SAME_RUN:
             if d["env"].get(key) != env.get(key):
@@ -143,10 +143,11 @@ def one_run(quality_jsons: list[Path], *, noted: str) -> tuple[list[dict], dict]
                 raise ValueError(f"{path}: its reference images are not {first}'s (another recipe, weights or "
                                  "prompts); score each against its own reference")  # fmt: skip
             reference, name = made, Path(c["candidate"]).name
-            if name in {Path(o["candidate"]).name for o in comparisons}:
+            if name in scored:
                 raise ValueError(f"{name} is scored in more than one of {', '.join(str(p) for p, _ in data)}; "
                                  "give each candidate's metrics once")  # fmt: skip
             comparisons.append(c)
+            scored.add(name)
     if len(data) > 1:
         env = {**env, noted: ", ".join(d["env"].get("date", "?") for _, d in data)}
     return comparisons, env
