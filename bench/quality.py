@@ -20,6 +20,7 @@ from torch import Tensor
 
 from bench.inception import load_inception
 from reference.tolerances import IMAGE_THRESHOLDS
+from reports.common import check_one_run
 
 
 def read_image(path: Path) -> Tensor:
@@ -118,10 +119,6 @@ def compare_folders(
     }  # fmt: skip
 
 
-# what must agree for two GPU runs' pixel metrics to be read as one run's: the code, the machine, the weights
-SAME_RUN = ("commit", "gpu", "torch", "weights", "size")
-
-
 def one_run(quality_jsons: list[Path], *, noted: str) -> tuple[list[dict], dict]:
     """The comparisons of several `bench quality` files of one run (split over machine calls, or its images made on
     several machines), and the env of the oldest, with the dates of all under `noted`. They must share commit, GPU,
@@ -130,13 +127,10 @@ def one_run(quality_jsons: list[Path], *, noted: str) -> tuple[list[dict], dict]
     data = sorted(((Path(p), json.loads(Path(p).read_text())) for p in quality_jsons),
                   key=lambda d: d[1]["env"].get("date", ""))  # fmt: skip
     first, env = data[0][0], data[0][1]["env"]
+    check_one_run([(path, d["env"]) for path, d in data], fix="score each run apart")
     comparisons: list[dict] = []
     reference, scored = None, set()
     for path, d in data:
-        for key in SAME_RUN:
-            if d["env"].get(key) != env.get(key):
-                raise ValueError(f"{path} and {first} are different runs ({key}: {d['env'].get(key)!r} against "
-                                 f"{env.get(key)!r}); score each run apart")  # fmt: skip
         for c in d["comparisons"]:
             made = _identity(c["reference_manifest"])
             if reference is not None and made != reference:

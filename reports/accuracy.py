@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.common import ACCURACY_JSON, check_writable, env_header, read_result, sci  # noqa: E402
+from reports.common import ACCURACY_JSON, check_one_run, check_writable, env_header, read_result, sci  # noqa: E402
 
 PRECISION_ORDER = ["fp32", "fp16", "bf16", "fp8"]
 HEADROOM = 4.0  # a mark whose largest value is within this factor of its dtype's largest finite one is flagged
@@ -56,7 +56,9 @@ def load(paths: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Each table merged over the files (split runs, xdist workers), oldest first; the oldest run's env."""
     if not paths:
         raise ValueError("no accuracy result files given")
-    data = [read_accuracy(p) for p in chronological(paths)]
+    ordered = chronological(paths)
+    data = [read_accuracy(p) for p in ordered]
+    check_one_run([(p, d["env"]) for p, d in zip(ordered, data, strict=True)])
     names = {k for d in data for k in d if k != "env"}
     tables = {k: pd.DataFrame([row for d in data for row in d.get(k, [])]) for k in names}
     for k, key in KEYS.items():  # a run cut short and made again: its rows count once, the later run's

@@ -12,6 +12,20 @@ BENCHMARK_JSON = "pytest-benchmark JSON (`pytest bench --benchmark-only --benchm
 ACCURACY_JSON = "an accuracy result (results/*-accuracy-*.json from `pytest reference`)"
 QUALITY_JSON = "an image-quality result (`python -m bench quality`, results/quality.json)"
 
+# what must agree for result files to be read as one run's: the code, the machine, the weights
+SAME_RUN = ("commit", "gpu", "torch", "weights", "size")
+
+
+def check_one_run(envs: list[tuple[Path, dict]], *, fix: str = "make each report from one run's files") -> None:
+    """Refuse result files of different runs: a report's header states one commit, GPU, torch, weights and size, and
+    a figure from another run beside them would be read as theirs. The error names the two files and what differs."""
+    (first, env), *rest = envs
+    for path, other in rest:
+        for key in SAME_RUN:
+            if other.get(key) != env.get(key):
+                raise ValueError(f"{path} and {first} are different runs ({key}: {other.get(key)!r} against "
+                                 f"{env.get(key)!r}); {fix}")  # fmt: skip
+
 
 def read_result(path: Path, *, what: str, keys: tuple[str, ...]) -> dict:
     """A result file's JSON object holding `keys`, or one error that names the file and what was expected."""

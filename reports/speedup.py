@@ -14,7 +14,7 @@ import pandas as pd
 from engines.recipes import BASELINE, LADDER, ladder_position
 from engines.recipes import recipe as named
 from engines.spec import COMPONENTS, EngineSpec
-from reports.common import BENCHMARK_JSON, QUALITY_JSON, check_writable, env_header, read_result
+from reports.common import BENCHMARK_JSON, QUALITY_JSON, check_one_run, check_writable, env_header, read_result
 
 # the columns the tables read, there (empty) where no benchmark wrote them: the seed's protocol times the pipeline alone
 READ = ("case", "component", "p50_ms", "precision", "tflops", "flops", "wall_min_ms", "wall_max_ms")
@@ -52,8 +52,10 @@ def load_runs(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
         raise ValueError("no benchmark JSON files given")
     loaded = [(Path(path), read_benchmarks(path)) for path in paths]
     when = {p: str(environment_of(d.get("machine_info", {})).get("date", "")) for p, d in loaded}
+    loaded.sort(key=lambda item: (when[item[0]], item[0].name, str(item[0])))
+    check_one_run([(p, environment_of(d.get("machine_info", {}))) for p, d in loaded])
     rows, machine, runs = [], None, []
-    for path, data in sorted(loaded, key=lambda item: (when[item[0]], item[0].name, str(item[0]))):
+    for path, data in loaded:
         machine = machine or data.get("machine_info", {})
         env = environment_of(data.get("machine_info", {}))
         runs.append({"file": Path(path).name, **{k: env.get(k, "-") for k in ("date", "commit", "gpu")},
@@ -445,9 +447,11 @@ def to_markdown(
     if len(stages):
         parts.append(
             f"## {STAGES}\n\n`seed` protocol: warm-up images, then the "
-            "(prompt, seed) pairs of prompts.tsv; `quick`: prompt 0 repeated.\n\n"
-            + stages.round(2).to_markdown()
-            + "\n"
+            "(prompt, seed) pairs of prompts.tsv; `quick`: prompt 0 repeated. `peak_mib`: the most CUDA memory "
+            "allocated in the benchmark's process while its images were made, the engines other benchmarks of that "
+            "process still held included (a quick ladder keeps every engine it built; .ci/gpu-reports runs each seed "
+            "protocol in a process of its own): the memory of a recipe alone is its footprint in scaling.md, for the "
+            "recipes swept.\n\n" + stages.round(2).to_markdown() + "\n"
         )
     targets = against_targets(df, table, profiles, also, verdicts, accuracy)
     targets["FLOP floor ms"] = targets["FLOP floor ms"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
@@ -532,11 +536,15 @@ def write_report(
     from reports.profiles import index
 
     df, machine = load_runs(paths)
-    engines = accuracy_verdicts(summary(load(accuracy)[0])) if accuracy else None
+    env = environment_of(machine)
+    tables, accuracy_env = load(accuracy) if accuracy else ({}, None)
+    engines = accuracy_verdicts(summary(tables)) if accuracy else None
     judged = read_result(quality, what=QUALITY_JSON, keys=("comparisons",)) if quality is not None else None
+    # the verdicts beside the times are the same run's
+    check_one_run([(Path(paths[0]), env), *([(Path(accuracy[0]), accuracy_env)] if accuracy else []),
+                   *([(Path(quality), judged.get("env", {}))] if judged is not None else [])])  # fmt: skip
     out = check_writable(out, overwrite=overwrite)
     also = {"uvit": CEILINGS} if (out.parent / CEILINGS).exists() else {}
-    env = environment_of(machine)
     if judged is not None:
         qenv = judged.get("env", {})
         env = {**env, "image verdicts": f"{Path(quality).name} ({qenv.get('gpu', '?')}, {qenv.get('commit', '?')})"}

@@ -58,7 +58,7 @@ def test_a_merged_report_lists_its_runs(accuracy_results, tmp_path):
 
     first = sorted(accuracy_results.glob("accuracy-*.json"))[0]
     data = json.loads(first.read_text())
-    data["env"]["commit"] = "abc123"
+    data["env"]["date"] = "2099-01-01 00:00 UTC"  # a later part of the same run
     second = tmp_path / "accuracy-later.json"
     second.write_text(json.dumps(data))
     md = write_report([first, second], tmp_path / "m.md").read_text()
@@ -66,7 +66,21 @@ def test_a_merged_report_lists_its_runs(accuracy_results, tmp_path):
     assert write_report([second, first], tmp_path / "r" / "m.md").read_text() == md  # the order given is irrelevant
     assert (tmp_path / "r" / "m.png").read_bytes() == (tmp_path / "m.png").read_bytes()
     assert "this report merges these runs" in md
-    assert f"| {first.name} " in md and "| accuracy-later.json " in md and "abc123" in md
+    assert f"| {first.name} " in md and "| accuracy-later.json " in md and "2099-01-01" in md
+
+
+@pytest.mark.parametrize("key", ["commit", "gpu", "torch", "weights", "size"])
+def test_files_of_different_runs_make_no_report(accuracy_results, tmp_path, key):
+    import json
+
+    first = sorted(accuracy_results.glob("accuracy-*.json"))[0]
+    data = json.loads(first.read_text())
+    data["env"][key] = "another"
+    other = tmp_path / "accuracy-other.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"accuracy-other.json and .*{first.name} are different runs \({key}: "):
+        write_report([first, other], tmp_path / "m.md")
+    assert not (tmp_path / "m.md").exists()
 
 
 def test_build_times_are_set_against_their_targets():
@@ -254,6 +268,37 @@ def test_the_same_benchmark_files_in_any_order_give_the_same_report(tmp_path):
     one = write_report([early, late], tmp_path / "one.md").read_text()
     assert write_report([late, early], tmp_path / "two.md").read_text() == one
     assert "measured fp16 matmul peak 740 TFLOP/s" in one
+
+
+def test_times_and_verdicts_of_different_runs_make_no_speedup_report(accuracy_results, tmp_path):
+    """Benchmark files of two GPUs, or image and accuracy verdicts of another run than the times beside them, are
+    refused, each naming the files and what differs; a user's existing report stays as it was."""
+    import json
+
+    from reports.speedup import write_report
+
+    env = json.loads(sorted(accuracy_results.glob("accuracy-*.json"))[0].read_text())["env"]
+
+    def run(name: str, **changed: str) -> Path:
+        component = {"name": f"test_component[{name}]", "group": "clip", "stats": {"median": 1e-3},
+                     "extra_info": {"case": name, "component": "clip", "p50_ms": 1.0, "flops": 1e10}}  # fmt: skip
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"machine_info": {"unidiffuser": {**env, **changed}}, "benchmarks": [component]}))
+        return path
+
+    out = tmp_path / "speedup.md"
+    out.write_text("kept")
+    with pytest.raises(ValueError, match=r"h100.json and .*h200.json are different runs \(gpu: 'NVIDIA H100' "):
+        write_report([run("h200"), run("h100", gpu="NVIDIA H100", date="2099-01-01 00:00 UTC")], out, overwrite=True)
+    accuracy = sorted(accuracy_results.glob("accuracy-*.json"))
+    with pytest.raises(ValueError, match=r"accuracy-.*json and .*later.json are different runs \(commit: "):
+        write_report([run("later", commit="f" * 40)], out, overwrite=True, accuracy=accuracy)
+    quality = tmp_path / "quality.json"
+    quality.write_text(json.dumps({"env": {**env, "weights": "/ckpt"}, "comparisons": []}))
+    with pytest.raises(ValueError, match=r"quality.json and .*same.json are different runs \(weights: '/ckpt' "):
+        write_report([run("same")], out, overwrite=True, accuracy=accuracy, quality=quality)
+    assert out.read_text() == "kept"
+    assert write_report([run("same")], out, overwrite=True, accuracy=accuracy).read_text() != "kept"
 
 
 def test_a_protocol_run_alone_makes_a_report(tmp_path):

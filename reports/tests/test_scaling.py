@@ -104,3 +104,12 @@ def test_files_without_sweeps_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no pipeline benchmarks.*--bench-batch"):
         write_report([path], tmp_path / "scaling.md")
     assert not (tmp_path / "scaling.md").exists()
+
+
+def test_sweeps_of_another_commit_are_refused(sweeps, tmp_path):
+    data = json.loads(sweeps[1].read_text())
+    data["machine_info"]["unidiffuser"]["commit"] = "def456"
+    sweeps[1].write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"scaling-steps.json and .*scaling-batch.json are different runs \(commit"):
+        write_report(sweeps, tmp_path / "scaling.md")
+    assert not (tmp_path / "scaling.md").exists()
