@@ -24,7 +24,7 @@ from reference.checkpoints import load_models
 from reference.configs import SIZES
 from reference.dpm_solver import STEPS, make_plan
 from reference.images import check_free, image_entry, save_result, write_images, write_manifest
-from reference.pipeline import NOISE_ORDERS, Pipeline
+from reference.pipeline import NOISE_ORDERS, NonFiniteOutput, Pipeline
 from reference.prompts import MAX_SEED, Prompt, check_seed, default_prompts_path, read_prompts
 from reports.speedup import CEILINGS
 
@@ -450,5 +450,7 @@ def cli(argv: list[str] | None = None) -> None:
             )
         else:
             print(f"wrote {references(**args)}")
+    except NonFiniteOutput as e:  # a verdict on the images, as pytest's status 1 is, not a usage error
+        parser.exit(1, f"error: {e}\n")
     except (ValueError, KeyError, OSError, MemoryError, BackendUnavailable) as e:  # the user's input, said plainly
         parser.exit(2, f"error: {e}\n")

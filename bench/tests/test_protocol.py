@@ -155,10 +155,10 @@ def test_gpu_reports_runs_with_its_results_in_another_checkout(tmp_path):
 
 
 def test_gpu_reports_goes_past_a_failed_verdict_and_stops_where_pytest_judged_nothing(tmp_path):
-    """pytest's status 1 is a verdict that failed (here NaN weights: the recipe's images refused, in the protocol and
-    in the ladder's quick pipeline): the stage records it and goes on. Any other status judged nothing (4: no such
-    recipe; 5: a filter that selects no engine): the stage stops with it and marks nothing done, rather than logging
-    the failure as the recipe's verdict."""
+    """pytest's status 1 is a verdict that failed (here NaN weights, given as WEIGHTS: the recipe's images refused, in
+    the protocol, in the ladder's quick pipeline and in the images stage): the stage records it and goes on. Any other
+    status judged nothing (4: no such recipe; 5: a filter that selects no engine; python -m bench's 2: bad input): the
+    stage stops with it and marks nothing done, rather than logging the failure as the recipe's verdict."""
     from reference.checkpoints import load_models, write_checkpoints
     from reference.configs import ModelConfig
 
@@ -172,15 +172,24 @@ def test_gpu_reports_goes_past_a_failed_verdict_and_stops_where_pytest_judged_no
         return subprocess.run(["bash", ".ci/gpu-reports", stage], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=600)  # fmt: skip
 
-    proc = run("protocol", RECIPES="pytorch-fp32 no-such-recipe", PYTEST_ADDOPTS=f"--weights={weights}")
+    proc = run("protocol", RECIPES="pytorch-fp32 no-such-recipe", WEIGHTS=str(weights))
     assert "protocol pytorch-fp32: images refused" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((results / "bench-seed-pytorch-fp32.json").read_text())["benchmarks"]  # its times stand
-    assert proc.returncode == 4 and "protocol no-such-recipe: pytest stopped with exit status 4" in proc.stderr
+    assert proc.returncode == 4 and "protocol no-such-recipe: stopped with exit status 4" in proc.stderr
     nothing = results / "bench-seed-no-such-recipe.json"
     assert not nothing.is_file() or not nothing.stat().st_size
-    proc = run("bench", K="test_pipeline and pytorch-fp32", PYTEST_ADDOPTS=f"--weights={weights}")
+    proc = run("bench", K="test_pipeline and pytorch-fp32", WEIGHTS=str(weights))
     assert proc.returncode == 0 and "bench: images refused" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((results / "bench-ladder.json").read_text())["benchmarks"]
     proc = run("accuracy", COMPONENTS="clip", K="no_such_engine")
-    assert proc.returncode == 5 and "accuracy clip: pytest stopped with exit status 5" in proc.stderr, proc.stderr
+    assert proc.returncode == 5 and "accuracy clip: stopped with exit status 5" in proc.stderr, proc.stderr
     assert not (results / "accuracy" / "clip" / "done").exists()
+    images = tmp_path / "images"
+    proc = run("images", RECIPES="pytorch-fp32 pytorch-fp32", WEIGHTS=str(weights), RESULTS=str(images))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("images pytorch-fp32: images refused") == 1 and "images pytorch-fp32: done" in proc.stdout
+    assert list(json.loads((images / "images" / "pytorch-fp32" / "manifest.json").read_text())["nonfinite"])
+    proc = run("images", RECIPES="pytorch-fp32", PROMPTS=str(tmp_path / "no-such.tsv"), RESULTS=str(tmp_path / "x"))
+    assert proc.returncode == 2 and "images pytorch-fp32: stopped with exit status 2" in proc.stderr, proc.stderr
+    proc = run("images", WEIGHTS=str(tmp_path / "no-such-folder"))
+    assert proc.returncode == 2 and "WEIGHTS=" in proc.stderr and "no such folder" in proc.stderr, proc.stderr
