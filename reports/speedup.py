@@ -540,9 +540,10 @@ def write_report(
     tables, accuracy_env = load(accuracy) if accuracy else ({}, None)
     engines = accuracy_verdicts(summary(tables)) if accuracy else None
     judged = read_result(quality, what=QUALITY_JSON, keys=("comparisons",)) if quality is not None else None
-    # the verdicts beside the times are the same run's
-    check_one_run([(Path(paths[0]), env), *([(Path(accuracy[0]), accuracy_env)] if accuracy else []),
-                   *([(Path(quality), judged.get("env", {}))] if judged is not None else [])])  # fmt: skip
+    verdicts = [(Path(accuracy[0]), accuracy_env)] if accuracy else []
+    if judged is not None:
+        verdicts.append((Path(quality), judged.get("env", {})))
+    check_one_run([(Path(paths[0]), env), *verdicts])  # the verdicts beside the times are the same run's
     out = check_writable(out, overwrite=overwrite)
     also = {"uvit": CEILINGS} if (out.parent / CEILINGS).exists() else {}
     if judged is not None:
