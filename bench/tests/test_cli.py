@@ -117,7 +117,8 @@ def test_pytest_help_documents_the_options(pytester):
 
 
 def test_a_recipe_builds_the_pipeline_its_column_describes():
-    """`--recipe pytorch-fp32` is the reference through engines (eager fp32, two-call guidance): the same image."""
+    """`--recipe pytorch-fp32` is the reference through engines (eager fp32, two-call guidance): the same image. Its
+    manifest names the recipe, its label and its engines' precisions, as the benchmarks' manifests do."""
     import torch
 
     from bench.cli import make_pipeline
@@ -126,6 +127,9 @@ def test_a_recipe_builds_the_pipeline_its_column_describes():
     recipe, meta = make_pipeline(size="tiny", device="cpu", recipe="pytorch-fp32")
     assert meta["engines"] == {"clip": "clip/eager/fp32", "uvit": "uvit/eager/fp32+guidance=two-calls",
                                "decoder": "decoder/eager/fp32"}  # fmt: skip
+    assert (meta["recipe"], meta["label"], meta["precision"]) == ("pytorch-fp32", "PyTorch-FP32 (reference)", "fp32")
+    _, baseline = make_pipeline(size="tiny", device="cpu", recipe="pytorch-fp16-baseline", progress=False)
+    assert baseline["precision"] == "fp32+fp16"  # CLIP and decoder fp32, the U-ViT under fp16 autocast
     a, b = recipe("A dog adventuring under the sea", 29764), reference("A dog adventuring under the sea", 29764)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.image, b.image)
 

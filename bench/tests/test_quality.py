@@ -247,16 +247,21 @@ def test_the_report_lists_recipes_in_the_ladders_order_whatever_order_they_were_
     imgs = {"00_1": g.integers(0, 255, (32, 32, 3), dtype=np.uint8)}
     ref = _folder(tmp_path / "ref", imgs)
     names = ["other", "fast-fp8", "fast", "pytorch-fp16-baseline"]
-    folders = [_folder(tmp_path / n, imgs) for n in names]
+    folders = [_folder(tmp_path / n, imgs, {"label": "a user's engine"} if n == "other" else None) for n in names]
     reports = []
     for order in (folders, folders[::-1]):
         out = quality(reference=ref, candidates=order, out=tmp_path / "q.json", device="cpu", overwrite=True)
         md = write_report([out], tmp_path / "pd.md", overwrite=True).read_text()
         reports.append(md.split("Reference images")[1])  # past the header, whose date is each scoring's
     assert reports[0] == reports[1]
-    section = reports[0].split("## Verdicts")[1].split("\n## ")[0]
-    rows = [line.split("|")[1].strip() for line in section.splitlines() if line[:2] == "| "]
-    assert rows[1:] == ["pytorch-fp16-baseline", "fast", "fast-fp8", "other"]
+    for title in ("## Verdicts", "## Means per engine"):
+        section = reports[0].split(title)[1].split("\n## ")[0]
+        rows = [line.split("|")[1].strip() for line in section.splitlines() if line[:2] == "| "]
+        assert rows[1:] == ["pytorch-fp16-baseline", "fast", "fast-fp8", "other"], title
+    # named as speedup.md names them, labelled by their manifest, else (no label: images made by older code) by the
+    # ladder
+    assert "- `fast`: Inductor-FP16 + SDPA + whole-loop graph\n" in reports[0]
+    assert "- `other`: a user's engine\n" in reports[0]
 
 
 def test_pixel_metrics_of_one_run_merge_and_of_different_runs_are_refused(tmp_path):
