@@ -7,6 +7,7 @@ absolute pixel difference, PSNR and SSIM on the lossless PNGs, and the final lat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -71,6 +72,18 @@ def _manifest(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def jpeg_digest(folder: Path) -> str | None:
+    """sha256 of a folder's JPEGs, names and bytes in name order; None where it holds none. The JPEGs travel with
+    every results folder where the PNGs may not: two folders of the same digest hold the same images."""
+    jpgs = sorted(Path(folder).glob("*.jpg"))
+    if not jpgs:
+        return None
+    h = hashlib.sha256()
+    for path in jpgs:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def _stems(folder: Path) -> set[str]:
     return {p.name.split(".")[0] for p in Path(folder).glob("*") if p.suffix in (".png", ".jpg")}
 
@@ -115,6 +128,7 @@ def compare_folders(
         "reference": str(reference), "candidate": str(candidate), "rows": rows, "missing": missing,
         "pd_weights": str(inception_weights) if inception_weights else None,
         "reference_manifest": _manifest(reference), "candidate_manifest": _manifest(candidate),
+        "reference_sha256": jpeg_digest(reference),
         **judged,
     }  # fmt: skip
 

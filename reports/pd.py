@@ -30,6 +30,27 @@ def legend(comparisons: list[dict]) -> str:
     return "".join(lines)
 
 
+def reference_folders(comparisons: list[dict]) -> str:
+    """A run whose images were made on several machines made the reference images on each: which folder each engine
+    was judged against, and whether the folders hold the same images (their JPEGs' sha256, bench.quality)."""
+    folders: dict[str, tuple[str | None, list[str]]] = {}
+    for c in comparisons:
+        folders.setdefault(c["reference"], (c.get("reference_sha256"), []))[1].append(f"`{label(c)}`")
+    if len(folders) < 2:
+        return ""
+    digests = {digest for digest, _ in folders.values()}
+    if None in digests:
+        same = "whether they hold the same images is not recorded (results of older code)"
+    elif len(digests) == 1:
+        same = "they hold the same images, byte for byte"
+    else:
+        same = ("**they differ**: the reference was not bit-reproducible from machine to machine, and each engine "
+                "is judged against the images made where its own were")  # fmt: skip
+    lines = [f"- `{folder}` ({(digest or 'no digest')[:12]}): {', '.join(names)}"
+             for folder, (digest, names) in folders.items()]  # fmt: skip
+    return f"Reference images made on {len(folders)} machines; {same}:\n\n" + "\n".join(lines) + "\n"
+
+
 def in_ladder_order(comparisons: list[dict]) -> list[dict]:
     """The recipes in the speed-up table's order, then any other folder by name: the report does not depend on the
     order `bench quality` was given its candidates."""
@@ -101,11 +122,15 @@ def to_markdown(data: dict, images: list[str]) -> str:
     parts = [env_header("Image quality against the strict-fp32 reference", data["env"])]
     ref = data["comparisons"][0]["reference_manifest"] if data["comparisons"] else {}
     made = ref.get("label") or ref.get("backend", "?")
+    digest = data["comparisons"][0].get("reference_sha256") if data["comparisons"] else None
     parts.append(
         f"Reference images: `{data['comparisons'][0]['reference']}` ({made}; noise order "
-        f"{ref.get('noise_order', '?')}, uint8 {ref.get('rounding', '?')}). Pixel metrics on the PNGs; PD on the "
-        "JPEGs (quality 95).\n"
+        f"{ref.get('noise_order', '?')}, uint8 {ref.get('rounding', '?')}"
+        + (f"; JPEGs' sha256 {digest[:12]}" if digest else "")
+        + "). Pixel metrics on the PNGs; PD on the JPEGs (quality 95).\n"
     )
+    if several := reference_folders(data["comparisons"]):
+        parts.append(several)
     if has_pd:
         weights = next(c["pd_weights"] for c in data["comparisons"] if c.get("pd_weights"))
         parts.append("PD: pytorch-fid's Inception pool3 L2 distance (SPEC section 7), weights from "

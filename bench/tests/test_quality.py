@@ -326,3 +326,43 @@ def test_a_run_scored_on_several_machines_merges_into_one_file_and_other_runs_do
             cli(["quality", *argv, "--out", str(tmp_path / "other.json")])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
+
+
+def test_the_report_of_a_merge_says_whether_each_machines_reference_images_were_the_same(tmp_path):
+    """Each machine of a run made in parts makes its own reference images, from the same engines and pairs: the
+    merged report names the folder each engine was judged against and whether they hold the same bytes."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from bench.cli import quality
+    from reports.pd import write_report
+
+    g = np.random.default_rng(0)
+    imgs = {"00_1": g.integers(0, 255, (32, 32, 3), dtype=np.uint8)}
+    other = {"00_1": imgs["00_1"] ^ 1}  # the last bit of every pixel: a reference made otherwise
+
+    def scored(group: str, reference: dict) -> Path:
+        (tmp_path / group).mkdir()
+        ref = _folder(tmp_path / group / "pytorch-fp32", reference)
+        cand = _folder(tmp_path / group / ("fast" if group == "a" else "inductor-fp16"), imgs)
+        return quality(reference=ref, candidates=[cand], out=tmp_path / f"{group}.json", device="cpu")
+
+    def report(*files: Path) -> str:
+        merged = quality(merge=list(files), out=tmp_path / "merged.json", overwrite=True)
+        return write_report([merged], tmp_path / "pd.md", overwrite=True).read_text()
+
+    a, b = scored("a", imgs), scored("b", imgs)
+    digest = json.loads(a.read_text())["comparisons"][0]["reference_sha256"]
+    assert digest == json.loads(b.read_text())["comparisons"][0]["reference_sha256"]
+    md = report(a, b)
+    assert "Reference images made on 2 machines; they hold the same images, byte for byte" in md
+    assert f"/b/pytorch-fp32` ({digest[:12]}): `inductor-fp16`" in md
+    c = scored("c", other)
+    assert "**they differ**" in report(a, c)
+    data = json.loads(c.read_text())
+    del data["comparisons"][0]["reference_sha256"]  # scored by code that recorded no digest
+    c.write_text(json.dumps(data))
+    assert "whether they hold the same images is not recorded" in report(a, c)
+    assert "machines" not in report(a) and f"JPEGs' sha256 {digest[:12]}" in report(a)
