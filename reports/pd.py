@@ -14,7 +14,7 @@ from reports.common import QUALITY_JSON, check_writable, env_header, read_result
 METRICS = ["pd", "mean_abs_px", "max_abs_px", "psnr_db", "ssim", "latents_rel_l2"]
 
 
-def label(comparison: dict) -> str:
+def name(comparison: dict) -> str:
     """The candidate by its folder's name: a recipe's is the name `--recipe` takes, the speed-up table's column."""
     return Path(comparison["candidate"]).name
 
@@ -25,8 +25,8 @@ def legend(comparisons: list[dict]) -> str:
     labels = {r.name: r.label for r in LADDER}
     lines = []
     for c in comparisons:
-        text = c.get("candidate_manifest", {}).get("label") or labels.get(label(c))
-        lines.append(f"- `{label(c)}`" + (f": {text}" if text else "") + "\n")
+        text = c.get("candidate_manifest", {}).get("label") or labels.get(name(c))
+        lines.append(f"- `{name(c)}`" + (f": {text}" if text else "") + "\n")
     return "".join(lines)
 
 
@@ -35,7 +35,7 @@ def reference_folders(comparisons: list[dict]) -> str:
     was judged against, and whether the folders hold the same images (their JPEGs' sha256, bench.quality)."""
     folders: dict[str, tuple[str | None, list[str]]] = {}
     for c in comparisons:
-        folders.setdefault(c["reference"], (c.get("reference_sha256"), []))[1].append(f"`{label(c)}`")
+        folders.setdefault(c["reference"], (c.get("reference_sha256"), []))[1].append(f"`{name(c)}`")
     if len(folders) < 2:
         return ""
     digests = {digest for digest, _ in folders.values()}
@@ -54,9 +54,7 @@ def reference_folders(comparisons: list[dict]) -> str:
 def in_ladder_order(comparisons: list[dict]) -> list[dict]:
     """The recipes in the speed-up table's order, then any other folder by name: the report does not depend on the
     order `bench quality` was given its candidates."""
-    names = [Path(c["candidate"]).name for c in comparisons]
-    order = sorted(range(len(comparisons)), key=lambda i: (ladder_position(names[i]), names[i]))
-    return [comparisons[i] for i in order]
+    return sorted(comparisons, key=lambda c: (ladder_position(name(c)), name(c)))
 
 
 def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -65,7 +63,7 @@ def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     for c in data["comparisons"]:
         df = pd.DataFrame(c["rows"]).set_index("image")
         df = df[[m for m in METRICS if m in df.columns]]
-        df.columns = pd.MultiIndex.from_product([[label(c)], df.columns])
+        df.columns = pd.MultiIndex.from_product([[name(c)], df.columns])
         frames.append(df)
     per_image = pd.concat(frames, axis=1)
     # unstack sorts its labels: put the engines back in the comparisons' order and the metrics in METRICS'
@@ -106,11 +104,11 @@ def verdicts(data: dict) -> pd.DataFrame:
     bench.quality.verdict)."""
     rows = []
     for c in data["comparisons"]:
-        row = {"engine": label(c), "verdict": c.get("verdict", "-"), "images": c.get("images", len(c["rows"]))}
-        for name, check in c.get("checks", {}).items():
+        row = {"engine": name(c), "verdict": c.get("verdict", "-"), "images": c.get("images", len(c["rows"]))}
+        for metric, check in c.get("checks", {}).items():
             value = "-" if check["value"] is None else f"{check['value']:.4g}"
             mark = {True: "", False: " FAIL", None: " (not computed)"}[check["passed"]]
-            row[f"{name} ({check['aggregate']}) {check['op']} {check['threshold']:g}"] = value + mark
+            row[f"{metric} ({check['aggregate']}) {check['op']} {check['threshold']:g}"] = value + mark
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -146,7 +144,7 @@ def to_markdown(data: dict, images: list[str]) -> str:
                  + verdicts(data).to_markdown(index=False) + "\n")  # fmt: skip
     parts.append("## Means per engine\n\n" + fmt(means).to_markdown() + "\n")
     parts.append("## Per (prompt, seed)\n\n" + fmt(per_image).to_markdown() + "\n")
-    parts += [f"## {name}\n\n![reference | engine | 4x difference]({name})\n" for name in images]
+    parts += [f"## {png}\n\n![reference | engine | 4x difference]({png})\n" for png in images]
     return "\n".join(parts)
 
 
@@ -160,7 +158,7 @@ def write_report(paths: list[Path], out: Path, *, overwrite: bool = False) -> Pa
     for c in data["comparisons"]:
         if not any("png" in r for r in c["rows"]):  # every image refused (NaN/Inf): nothing to show
             continue
-        png = out.with_name(f"{out.stem}-{Path(c['candidate']).name}.png")
+        png = out.with_name(f"{out.stem}-{name(c)}.png")
         try:
             images.append(grid(c, check_writable(png, overwrite=overwrite)).name)
         except FileNotFoundError:
