@@ -57,7 +57,7 @@ def test_build(benchmark, recipe, caches, build_caches, tmp_path_factory, pytest
     result = json.loads(out.read_text())
     benchmark.extra_info.update(
         recipe=recipe.name, caches=caches, build_s=result["build_s"], model_load_s=result["model_load_s"],
-        size=result["size"], python_bytecode=result["python_bytecode"], **result["cache"],
+        size=result["size"], python_bytecode=result["python_bytecode"], **result["cache"], **result["phases"],
         **{f"{c}_{k}": v for c, seconds in result["engines"].items() for k, v in seconds.items() if k != "engine"},
     )  # fmt: skip
     served = result["cache"]["fxgraph_cache_hit"]

@@ -339,6 +339,7 @@ def pipeline_runs(df: pd.DataFrame) -> dict[str, tuple[int, float, float]]:
 
 BUILD_TARGETS = {"fresh": 90.0, "warm": 10.0}  # issue 26: seconds to build every engine of a fast recipe, H200
 BUILDS_NEEDED = 3  # runs of a build, each in new processes, for a build target to be met
+PHASE = "phase_"  # a build's compile phases (bench.build.PHASES)
 
 
 def profile_list(profiles: dict[str, str]) -> pd.DataFrame:
@@ -356,8 +357,9 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
     runs = df[df["group"] == "build"]
     if not len(runs):
         return pd.DataFrame()
+    # each engine's seconds, then the process's compile phases (bench.build.PHASES), recorded by newer runs
     seconds = sorted(c for c in runs if c.endswith("_s") and c not in ("build_s", "model_load_s"))
-    seconds = [c for c in seconds if runs[c].notna().any()]
+    seconds = sorted((c for c in seconds if runs[c].notna().any()), key=lambda c: c.startswith(PHASE))
     extra = [c for c in ("python_bytecode",) if c in runs and runs[c].notna().any()]  # recorded by newer runs
     out = runs.set_index(["recipe", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
     target = pd.Series([BUILD_TARGETS.get(c, float("nan")) for _, c in out.index], index=out.index)
@@ -490,8 +492,12 @@ def to_markdown(
             "went (a sampler's `step_*` is its U-ViT step). fxgraph hits and misses: the compiled graphs served from "
             "the cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
             "cache folder: a fresh run compiles torch's sources, a warm one reads them; bench/build.py, "
-            "`process_env`). Every run given is listed, each with its file: the host's CPU, which differs from "
-            "machine to machine, sets much of a build's time.\n\n"
+            "`process_env`). `phase_*`: where the process's compiles went, summed over its graphs "
+            "(torch._dynamo.utils.compile_times; bench/build.py, `PHASES`): dynamo tracing the Python (`trace`) and "
+            "building guards (`guards`), which every build pays whatever its caches hold, and the backend, AOTAutograd "
+            "and Inductor (`backend`), of which loading the graphs compiled before (`cache_load`, warm caches only). "
+            "Every run given is listed, each with its file: the host's CPU, which differs from machine to machine, "
+            "sets much of a build's time.\n\n"
             + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f")
             + "\n"
         )

@@ -31,11 +31,19 @@ def test_a_second_process_compiles_from_the_cache_the_first_filled(tmp_path):
     assert fresh["cache"]["fxgraph_cache_miss"] >= 1 and fresh["cache"]["fxgraph_cache_hit"] == 0
     assert fresh["engines"]["clip"]["engine"] == "clip/inductor/fp32" and fresh["engines"]["clip"]["compile_s"] > 0
     assert (cache / "fxgraph").is_dir()
+    # where the compile went: dynamo's tracing and the backend's compile, and no cache to load from
+    phases = fresh["phases"]
+    assert phases["phase_trace_s"] > 0 and phases["phase_backend_s"] > phases["phase_trace_s"], phases
+    assert phases["phase_cache_load_s"] is None, phases
     # Python's bytecode is cached with the graphs, whatever PYTHONDONTWRITEBYTECODE says here (the H100's sets it)
     assert fresh["python_bytecode"] == "cache folder"
     assert any((cache / PYCACHE).rglob("convert_frame*.pyc")), "torch._dynamo's bytecode was not written"
     warm = build(cache, tmp_path / "warm.json")
     assert warm["cache"]["fxgraph_cache_hit"] >= 1 and warm["cache"]["fxgraph_cache_miss"] == 0
+    # a warm build still traces; its backend is mostly loading what the first compiled
+    phases = warm["phases"]
+    assert phases["phase_trace_s"] > 0 and 0 < phases["phase_cache_load_s"] <= phases["phase_backend_s"], phases
+    assert phases["phase_backend_s"] < fresh["phases"]["phase_backend_s"], (phases, fresh["phases"])
     with pytest.raises(subprocess.CalledProcessError):  # the result file is the user's: never overwritten unasked
         build(cache, tmp_path / "warm.json")
 

@@ -90,9 +90,11 @@ def test_build_times_are_set_against_their_targets():
 
     rows = [
         {"group": "build", "recipe": "fast", "caches": "fresh", "build_s": 130.0, "model_load_s": 25.0,
-         "clip_compile_s": 14.0, "sampler_step_compile_s": 80.0, "fxgraph_cache_hit": 0, "fxgraph_cache_miss": 3},
+         "clip_compile_s": 14.0, "sampler_step_compile_s": 80.0, "fxgraph_cache_hit": 0, "fxgraph_cache_miss": 3,
+         "phase_trace_s": 6.0, "phase_cache_load_s": None},
         {"group": "build", "recipe": "fast", "caches": "warm", "build_s": 9.5, "model_load_s": 25.0,
-         "clip_compile_s": 1.0, "sampler_step_compile_s": 4.0, "fxgraph_cache_hit": 3, "fxgraph_cache_miss": 0},
+         "clip_compile_s": 1.0, "sampler_step_compile_s": 4.0, "fxgraph_cache_hit": 3, "fxgraph_cache_miss": 0,
+         "phase_trace_s": 5.0, "phase_cache_load_s": 2.0},
         {"group": "clip", "case": "clip/eager/fp32", "p50_ms": 1.0},
     ]  # fmt: skip
     table = build_from_caches(pd.DataFrame(rows))
@@ -100,6 +102,9 @@ def test_build_times_are_set_against_their_targets():
     # one warm run under its target is not a result: three are, their median under it
     assert list(table["target_s"]) == [90.0, 10.0] and list(table["met"]) == ["no", "not shown: 1 of 3 runs"]
     assert "model_load_s" not in table and {"clip_compile_s", "sampler_step_compile_s"} <= set(table)
+    # each engine's seconds, then the compile phases of the whole process
+    seconds = [c for c in table if c.endswith("_s") and c not in ("target_s", "median_s", "build_s")]
+    assert seconds == ["clip_compile_s", "sampler_step_compile_s", "phase_cache_load_s", "phase_trace_s"]
     assert build_from_caches(pd.DataFrame(rows[2:])).empty
     three = pd.DataFrame(rows[:2] + [{**rows[1], "build_s": 8.0}, {**rows[1], "build_s": 12.0}])
     table = build_from_caches(three)
