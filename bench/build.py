@@ -103,6 +103,7 @@ def build_times(
     precision: str = "fp16",
     cuda_graph: bool = False,
     components: tuple[str, ...] = COMPONENTS,
+    options: dict[str, object] | None = None,
     size: str = "auto",
     device: str = "auto",
     weights: Path | None = None,
@@ -111,7 +112,8 @@ def build_times(
     steps: int = STEPS,
     progress: bool = True,
 ) -> dict:
-    """Build every engine of `recipe` (or `components` with one backend/precision) once; seconds and cache counts."""
+    """Build every engine of `recipe` (or `components` with one backend, precision and `options`) once; seconds and
+    cache counts."""
     from torch._dynamo.utils import counters
 
     from bench.environment import resolve
@@ -128,7 +130,7 @@ def build_times(
         chosen = ladder.Recipe(
             "-",
             f"{backend} {precision}",
-            {c: EngineSpec.of(c, check_backend(backend), precision, cuda_graph) for c in components},
+            {c: EngineSpec.of(c, check_backend(backend), precision, cuda_graph, **(options or {})) for c in components},
         )
     cfg, dev = resolve(size, device)
     t0 = time.perf_counter()

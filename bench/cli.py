@@ -222,13 +222,16 @@ def _machine(env: dict) -> str:
     return f"{env.get('gpu')}, torch {env.get('torch')}, {env.get('date')}"
 
 
-def build_times(*, out: Path | None = None, overwrite: bool = False, **kwargs) -> dict:
-    """`python -m bench build`: the engines of --recipe, or of --backend/--precision/--cuda-graph for --components."""
+def build_times(*, out: Path | None = None, overwrite: bool = False, option: list[str] = (), **kwargs) -> dict:
+    """`python -m bench build`: the engines of --recipe, or of --backend/--precision/--cuda-graph/--option for
+    --components."""
     from bench.build import write_build_times
 
     if kwargs.get("recipe") is None and kwargs.get("backend") == REFERENCE:
         raise ValueError("the reference is not built; pick --recipe or an engine --backend")
-    return write_build_times(out, overwrite=overwrite, **kwargs)
+    if kwargs.get("recipe") is not None and option:
+        raise ValueError("--recipe chooses the engines' options itself; leave --option out")
+    return write_build_times(out, overwrite=overwrite, options=parse_options(list(option)), **kwargs)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -398,6 +401,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace an existing result file. Default: off")
     b = sub.add_parser("build", parents=[common], help="build seconds of a recipe's engines (bench/build.py)")
     b.add_argument("--components", nargs="+", default=list(COMPONENTS), help="without --recipe. Default: all")
+    b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option of every one of --components (without --recipe), repeatable")  # fmt: skip
     b.add_argument(
         "--cache-dir", type=Path, default=None, help="Inductor's and Triton's caches. Default: torch's (/tmp)"
     )

@@ -107,6 +107,13 @@ def _clip_layer_kinds() -> tuple[type, ...]:
     return (CLIPEncoderLayer,)
 
 
+def repeated_layers(module: nn.Module) -> list[nn.Module]:
+    """The layers a component repeats (the U-ViT's blocks, CLIP's encoder layers), in module order: what
+    `compile=regional` compiles one by one."""
+    kinds = (uv.Block, *_clip_layer_kinds())
+    return [m for m in module.modules() if isinstance(m, kinds)]
+
+
 INPUT = ":in"  # a mark named "<path>:in" records the input of the layer at <path>, not its output
 
 

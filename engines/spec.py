@@ -19,6 +19,7 @@ COMPONENTS = ("clip", "uvit", "decoder")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "fp64")
 BACKENDS = ("eager", "autocast", "inductor", "onnxruntime", "trt", "trtllm")
 ALIASES = {"torch": "eager", "onnx": "onnxruntime", "ort": "onnxruntime", "tensorrt": "trt", "tensorrt_llm": "trtllm"}
+REPEATS = ("clip", "uvit")  # the components built of one layer repeated (engines.components.repeated_layers)
 TORCH_BACKENDS = ("eager", "autocast", "inductor")  # they run our module transforms (engines.eager.prepare)
 # what an exported graph carries of a component's options (an export cannot carry our Triton kernels)
 EXPORTED = {"onnxruntime": ("attention", "guidance"), "trt": ("attention", "guidance"), "trtllm": ("guidance",)}
@@ -131,7 +132,9 @@ class InductorSettings:
     cudnn_benchmark: bool = False
     mode: str = "default"  # our own CUDA graphs replace Inductor's, so no mode of its own makes them
     persistent_rows: int = 0  # reductions along rows of up to N elements read whole (engines.reductions); 0: Inductor's
-    CHOICES: ClassVar = {"cudnn_benchmark": (False, True), "mode": ("default", "max-autotune-no-cudagraphs")}
+    compile: str = "whole"  # regional: each repeated layer compiled alone, one compile serving every layer alike
+    CHOICES: ClassVar = {"cudnn_benchmark": (False, True), "mode": ("default", "max-autotune-no-cudagraphs"),
+                         "compile": ("whole", "regional")}  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -241,6 +244,9 @@ class EngineSpec:
             raise SpecError(f"the fp8_* options apply to precision fp8, not {self.precision}")
         if self.backend == "autocast" and self.precision not in ("fp16", "bf16"):
             raise SpecError("the autocast backend runs fp32 weights under fp16 or bf16 autocast; choose fp16 or bf16")
+        if isinstance(settings, InductorSettings) and settings.compile == "regional" and self.component not in REPEATS:
+            raise SpecError(f"compile=regional compiles the layers that repeat, which {list(REPEATS)} have; the "
+                            f"{self.component}'s blocks differ in shape one to the next: leave it out")  # fmt: skip
         if isinstance(settings, TrtllmSettings) and self.component != "decoder" and settings.groupnorm != "plugin":
             raise SpecError("groupnorm applies to the decoder, the only component with GroupNorms")
         _check_exported(self.backend, _flatten(options))

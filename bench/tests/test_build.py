@@ -48,6 +48,21 @@ def test_a_second_process_compiles_from_the_cache_the_first_filled(tmp_path):
         build(cache, tmp_path / "warm.json")
 
 
+def test_engines_built_with_an_option_carry_it(tmp_path):
+    regional = [*CPU_CLIP, "--option", "compile=regional"]
+    result = build(tmp_path / "cache", tmp_path / "regional.json", regional)
+    assert result["engines"]["clip"]["engine"] == "clip/inductor/fp32+compile=regional"
+    for wrong, says in (
+        (["--recipe", "fast", "--option", "compile=regional"], "--recipe chooses the engines' options itself"),
+        ([*CPU_CLIP, "--components", "decoder", "--option", "compile=regional"], "the decoder's blocks differ"),
+        ([*CPU_CLIP, "--option", "compile"], "engine option 'compile' is not KEY=VALUE"),
+    ):
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            build(tmp_path / "cache", tmp_path / "refused.json", wrong)
+        assert refused.value.returncode == 2 and says in refused.value.stderr, refused.value.stderr
+    assert not (tmp_path / "refused.json").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_the_fast_recipe_builds_again_from_its_cache(tmp_path):

@@ -46,10 +46,13 @@ def cpu_models():
         (dict(backend="inductor", persistent_rows=True), ValueError, "persistent_rows is a whole number, not True"),
         (dict(fp8_scaling="row"), ValueError, "fp8_\\* options apply to the U-ViT at precision fp8, not uvit at fp32"),
         (dict(cublaslt_workspace=0), ValueError, "option 'cublaslt_workspace' does not apply"),
+        (dict(component="decoder", backend="inductor", compile="regional"), ValueError,
+         "compile=regional compiles the layers that repeat, which \\['clip', 'uvit'\\] have; the decoder's"),
     ],
     ids=["component", "backend", "precision", "mark", "output-mark", "graph-cpu", "trt", "trtllm", "autocast-fp32",
          "option", "groupnorm", "attention", "postprocess-uvit", "qkv-decoder", "groupnorm-uvit",
-         "multi-kernel-retired", "rows-eager", "persistent-rows", "fp8-at-fp32", "no-workspace-option"],
+         "multi-kernel-retired", "rows-eager", "persistent-rows", "fp8-at-fp32", "no-workspace-option",
+         "regional-decoder"],
 )  # fmt: skip
 def test_impossible_requests_get_clear_errors(cpu_models, kwargs, error, message):
     kw = {"component": "uvit", **kwargs}
@@ -241,6 +244,43 @@ def test_persistent_rows_reads_layernorm_rows_of_1536_whole(rows, kernel):
     kernels = [line for src in code for line in src.splitlines() if line.startswith("def triton_")]
     norms = [line for line in kernels if "layer_norm" in line]
     assert norms and all(line.startswith(f"def {kernel}") for line in norms), norms
+
+
+@pytest.mark.parametrize(
+    "component, device, precision",
+    [("clip", "cpu", "fp32"), ("uvit", "cpu", "fp32"), pytest.param("uvit", "cuda", "fp16", marks=gpu)],
+)
+def test_regional_compile_is_marked_like_the_reference(cpu_models, component, device, precision):
+    """compile=regional: each repeated layer compiled alone, every mark within the accuracy rule."""
+    import copy
+
+    torch._dynamo.reset()
+    models = cpu_models if device == "cpu" else copy.deepcopy(cpu_models).to(device)
+    engine = engine_against_eager(models, component, device=torch.device(device), precision=precision,
+                                  backend="inductor", cuda_graph=device == "cuda", compile="regional")  # fmt: skip
+    assert engine.meta["compile"] == "regional"
+
+
+@pytest.mark.parametrize("component, kinds", [("clip", 1), ("uvit", 2)])
+def test_regional_compile_traces_each_kind_of_layer_once(cpu_models, component, kinds):
+    """What compile=regional is for: one compile for every layer of a kind (the U-ViT's in- and mid-blocks are one
+    kind, its out-blocks with their skip connection another), where compile=whole traces the whole component once.
+    The outputs agree with the whole component's compile."""
+    from torch._dynamo.utils import counters
+
+    from engines.components import repeated_layers
+
+    inputs = example_inputs(component, cpu_models.config, device="cpu")
+    layers = repeated_layers(component_module(component, cpu_models))
+    assert len(layers) > kinds
+    out = {}
+    for how, graphs in (("whole", 1), ("regional", kinds)):
+        torch._dynamo.reset()
+        counters.clear()
+        out[how] = build_engine(component, cpu_models, backend="inductor", compile=how)(**inputs)["output"]
+        assert counters["stats"]["unique_graphs"] == graphs, (how, dict(counters["stats"]))
+    rel = float((out["regional"] - out["whole"]).norm() / out["whole"].norm())
+    assert rel < 1e-5, rel  # fp32, summed in another order (1e-7 CLIP, 2e-6 U-ViT): the same function
 
 
 def test_engines_that_differ_in_inductor_settings_alone_compile_apart(cpu_models):
