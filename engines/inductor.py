@@ -41,12 +41,15 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
     def around() -> contextlib.ExitStack:
         """What this engine's compiles and calls run under, set for each and restored after (a guard that fails at
         a call recompiles there). Every engine compiles the same forward code object with its own guards; without
-        room for them (recompile_limit), dynamo would silently fall back to eager after 8 engines. Marks are forward
-        hooks, and by default dynamo does not guard on hooks, so an engine with marks could reuse the graph of an
-        engine without them (seen: a marked CLIP returned no marks)."""
+        room for them (recompile_limit), dynamo would silently fall back to eager after 8 engines; past any of its
+        limits (the 256 entries of all code objects together too) it raises here instead, for an engine that ran
+        eagerly would be timed and judged as compiled. Marks are forward hooks, and by default dynamo does not guard
+        on hooks, so an engine with marks could reuse the graph of an engine without them (seen: a marked CLIP
+        returned no marks)."""
         stack = contextlib.ExitStack()
         limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        stack.enter_context(torch._dynamo.config.patch(recompile_limit=limit, skip_nnmodule_hook_guards=False))
+        stack.enter_context(torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True,
+                                                       skip_nnmodule_hook_guards=False))  # fmt: skip
         stack.enter_context(inductor_config.patch(settings))
         if rows:
             stack.enter_context(reductions.installed())
@@ -63,12 +66,27 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
         compiled = torch.compile(module, backend="inductor", options=settings, dynamic=False)
     t0 = time.perf_counter()
     library = libraries(opts)
-    under(precision, compiled, around=around, **library)(**example_inputs)  # the first call compiles
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    compile_seconds = time.perf_counter() - t0
-    fn, seconds = finish(
-        compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, around=around, **library
-    )
+    with _limits_said():
+        under(precision, compiled, around=around, **library)(**example_inputs)  # the first call compiles
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        compile_seconds = time.perf_counter() - t0
+        graphed = dict(example_inputs=example_inputs, cuda_graph=cuda_graph, around=around, **library)
+        fn, seconds = finish(compiled, precision=precision, **graphed)
     meta = {"backend": "inductor", "torch": torch.__version__, "recompile_limit": RECOMPILE_LIMIT, **opts}
     return fn, {"compile": compile_seconds, **seconds}, meta
+
+
+@contextlib.contextmanager
+def _limits_said():
+    """dynamo's recompile limit, reached, as what it means for this engine and what to do."""
+    try:
+        yield
+    except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+        config = torch._dynamo.config
+        raise RuntimeError(
+            f"this process has compiled so many engines that dynamo reached its recompile limits (recompile_limit "
+            f"{max(config.recompile_limit, RECOMPILE_LIMIT)} per code object, accumulated_recompile_limit "
+            f"{config.accumulated_recompile_limit} in all): this engine would have run eagerly. Build it in a new "
+            f"process, or call torch._dynamo.reset() between engines"
+        ) from e

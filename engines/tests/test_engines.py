@@ -283,6 +283,19 @@ def test_regional_compile_traces_each_kind_of_layer_once(cpu_models, component, 
     assert rel < 1e-5, rel  # fp32, summed in another order (1e-7 CLIP, 2e-6 U-ViT): the same function
 
 
+def test_an_engine_past_dynamos_recompile_limits_is_refused_not_run_eagerly(cpu_models):
+    """Past its limits dynamo runs a function as it is, uncompiled: an Inductor engine built then would be timed and
+    judged as compiled. Each engine adds entries to the same code objects; here the limit of them all is 1."""
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(accumulated_recompile_limit=1):
+            build_engine("clip", cpu_models, backend="inductor")
+            with pytest.raises(RuntimeError, match="dynamo reached its recompile limits .* would have run eagerly"):
+                build_engine("clip", cpu_models, backend="inductor", persistent_rows=64)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_engines_that_differ_in_inductor_settings_alone_compile_apart(cpu_models):
     """dynamo reuses a graph for an equal module under equal torch.compile options: settings must be in the options,
     or an engine gets the graph of the one built before it. And the FX graph cache must key by them: the second
