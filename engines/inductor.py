@@ -47,6 +47,7 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
         on hooks, so an engine with marks could reuse the graph of an engine without them (seen: a marked CLIP
         returned no marks)."""
         stack = contextlib.ExitStack()
+        stack.enter_context(_limits_said())  # outermost: it sees the error after the settings are restored
         limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         stack.enter_context(torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True,
                                                        skip_nnmodule_hook_guards=False))  # fmt: skip
@@ -66,20 +67,21 @@ def build(marked, *, precision, device, example_inputs, cuda_graph, options, fau
         compiled = torch.compile(module, backend="inductor", options=settings, dynamic=False)
     t0 = time.perf_counter()
     library = libraries(opts)
-    with _limits_said():
-        under(precision, compiled, around=around, **library)(**example_inputs)  # the first call compiles
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        compile_seconds = time.perf_counter() - t0
-        graphed = dict(example_inputs=example_inputs, cuda_graph=cuda_graph, around=around, **library)
-        fn, seconds = finish(compiled, precision=precision, **graphed)
+    under(precision, compiled, around=around, **library)(**example_inputs)  # the first call compiles
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    compile_seconds = time.perf_counter() - t0
+    fn, seconds = finish(
+        compiled, precision=precision, example_inputs=example_inputs, cuda_graph=cuda_graph, around=around, **library
+    )
     meta = {"backend": "inductor", "torch": torch.__version__, "recompile_limit": RECOMPILE_LIMIT, **opts}
     return fn, {"compile": compile_seconds, **seconds}, meta
 
 
 @contextlib.contextmanager
 def _limits_said():
-    """dynamo's recompile limit, reached, as what it means for this engine and what to do."""
+    """dynamo's recompile limit, reached at a build or at a call that recompiles, as what it means for this engine
+    and what to do."""
     try:
         yield
     except torch._dynamo.exc.FailOnRecompileLimitHit as e:

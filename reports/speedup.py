@@ -358,8 +358,8 @@ def build_from_caches(df: pd.DataFrame) -> pd.DataFrame:
     if not len(runs):
         return pd.DataFrame()
     # each engine's seconds, then the process's compile phases (bench.build.PHASES), recorded by newer runs
-    seconds = sorted(c for c in runs if c.endswith("_s") and c not in ("build_s", "model_load_s"))
-    seconds = sorted((c for c in seconds if runs[c].notna().any()), key=lambda c: c.startswith(PHASE))
+    seconds = [c for c in runs if c.endswith("_s") and c not in ("build_s", "model_load_s") and runs[c].notna().any()]
+    seconds = sorted(seconds, key=lambda c: (c.startswith(PHASE), c))
     extra = [c for c in ("python_bytecode",) if c in runs and runs[c].notna().any()]  # recorded by newer runs
     out = runs.set_index(["recipe", "caches"])[["build_s", *seconds, "fxgraph_cache_hit", "fxgraph_cache_miss", *extra]]
     target = pd.Series([BUILD_TARGETS.get(c, float("nan")) for _, c in out.index], index=out.index)

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from engines import BackendUnavailable, build_engine
-from engines.components import Marked, component_module, default_marks, example_inputs, module_by_mark
+from engines.components import (
+    Marked,
+    component_module,
+    default_marks,
+    example_inputs,
+    module_by_mark,
+    repeated_layers,
+)
 from engines.tests import engine_against_eager
 from reference.autoencoder import to_uint8
 
@@ -267,8 +274,6 @@ def test_regional_compile_traces_each_kind_of_layer_once(cpu_models, component, 
     kind, its out-blocks with their skip connection another), where compile=whole traces the whole component once.
     The outputs agree with the whole component's compile."""
     from torch._dynamo.utils import counters
-
-    from engines.components import repeated_layers
 
     inputs = example_inputs(component, cpu_models.config, device="cpu")
     layers = repeated_layers(component_module(component, cpu_models))
