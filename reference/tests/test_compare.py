@@ -70,11 +70,20 @@ def test_zeros_in_the_reference_are_guarded():
     assert r.frac_outside == 0.5 and r.min_atol == pytest.approx(1e-3)
 
 
-def test_nan_fails_and_is_counted():
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_and_inf_fail_and_are_counted(value):
     out = rand(10)
-    out[3] = float("nan")
+    out[3] = value
     r = mark_stats(out, rand(10), bound=BOUND)
     assert not r.passed and r.status == "nonfinite" and r.nonfinite == 1 and math.isnan(r.rel_l2)
+    assert math.isnan(r.sqnr_db) and r.magnitude == rand(10)[[i for i in range(10) if i != 3]].abs().max()
+
+
+def test_an_all_zero_reference_is_judged_not_an_error():
+    zero = torch.zeros(4)
+    assert mark_stats(zero, zero, bound=BOUND).passed
+    r = mark_stats(torch.ones(4), zero, bound=BOUND)
+    assert not r.passed and r.rel_l2 == math.inf and r.sqnr_db == -math.inf
 
 
 def test_magnitude_and_headroom_against_the_dtype():
@@ -137,7 +146,12 @@ def test_first_nonfinite_and_nondeterminism():
     ref, run = runs()
     run.outputs["c"][0] = float("inf")
     assert first_nonfinite(run) == "c" and first_nonfinite(ref) is None
+    # a non-finite mark fails in its own right, whatever its bound: it is the first failure where nothing else is
+    assert first_failure(compare_simple(bounds=bounds_of(1.0))(run, ref)) == "c"
     assert nondeterministic_marks(ref, run) == ["b", "c"]
+    again = RunResult("again", {k: v.clone() for k, v in ref.outputs.items()})
+    again.outputs["a"][3] = torch.nextafter(again.outputs["a"][3], torch.tensor(math.inf))  # one ulp: not the same
+    assert nondeterministic_marks(ref, again) == ["a"]
 
 
 def test_errors_against_an_oracle_and_round_trip(tmp_path):
