@@ -153,3 +153,18 @@ def test_a_batch_makes_each_image_from_its_own_seed():
 def test_a_batch_needs_a_seed_for_each_prompt(pipe):
     with pytest.raises(ValueError, match="one seed per prompt: got 2 prompts and 1 seeds"):
         pipe.batch([PROMPT, PROMPT], [SEED])
+
+
+def test_an_inf_is_refused_like_a_nan():
+    """An overflow to Inf with no NaN (here in the decoder's last bias) is refused naming its stage, never written as
+    an image whose pixels were clamped to white."""
+    from reference.dpm_solver import make_plan
+    from reference.pipeline import NonFiniteOutput
+
+    models = load_models(TINY, seed=0)
+    with torch.no_grad():
+        models.decoder.decoder.conv_out.bias[0] = float("inf")
+    result = Pipeline(models, device="cpu", plan=make_plan(steps=1))(PROMPT, SEED)
+    assert result.nonfinite == "decoder"
+    with pytest.raises(NonFiniteOutput, match="the decoder stage produced NaN/Inf pixels"):
+        result.check_finite()
