@@ -124,7 +124,6 @@ def test_pipeline(benchmark, recipe, steps, batch, engine_for, models, device, r
     _save(pytestconfig.getoption("--bench-images") / folder, timed_results, seconds, benchmark.extra_info)
     last = results[-1][1]
     assert last.image.shape == (models.config.image_size, models.config.image_size, 3)
-    assert last.latents.isfinite().all(), f"{recipe.name}: non-finite latents"
 
 
 def nonfinite(results: list[tuple[Prompt, Result]]) -> int:

@@ -17,7 +17,8 @@ from engines.spec import COMPONENTS, EngineSpec
 from reports.common import BENCHMARK_JSON, QUALITY_JSON, check_one_run, check_writable, env_header, read_result
 
 # the columns the tables read, there (empty) where no benchmark wrote them: the seed's protocol times the pipeline alone
-READ = ("case", "component", "p50_ms", "precision", "tflops", "flops", "wall_min_ms", "wall_max_ms")
+READ = ("case", "component", "p50_ms", "precision", "tflops", "flops", "wall_min_ms", "wall_max_ms",
+        "nonfinite_outputs", "nonfinite_images")  # fmt: skip
 CEILINGS = "ceilings-uvit.md"  # `python -m bench ceilings`, beside this report: linked from the U-ViT row
 SCALING = "scaling.md"  # `python -m reports scaling`, beside this report: linked from the targets
 STEPS = 50  # the model calls per image of the seed's table (reference.dpm_solver.STEPS, which imports torch)
@@ -137,12 +138,12 @@ def pipeline_rows(df: pd.DataFrame, *, steps: int | None = STEPS) -> pd.DataFram
     return pipes.loc[keys.sort_values(list(keys), kind="stable").index]
 
 
-def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+def speedup_table(df: pd.DataFrame, failed: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Rows clip/uvit/decoder/pipeline x ladder columns (ms, CUDA-event medians; the pipeline's is the synchronised
-    wall time per image), plus the fastest measured configuration of each row."""
+    wall time per image), plus the fastest configuration of each row that may be called best: its outputs finite
+    (nonfinite_notes) and its name (an engine id, a recipe) not among those whose verdicts `failed`."""
     by_case = _component_ms(df)
-    pipes = pipeline_rows(df)
-    pipes = pipes.drop_duplicates("recipe").set_index("recipe") if len(pipes) else pd.DataFrame()
+    pipes = _table_pipelines(df)
     table = {}
     for recipe in LADDER:
         col = {c: by_case.get(b.id, float("nan")) for c, b in recipe.builds.items()}
@@ -151,16 +152,57 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(table).reindex(list(ROWS))
     best, best_name = {}, {}
     comp = df[df["group"].isin(COMPONENTS)]
+    comp = comp[(_count(comp, "nonfinite_outputs") == 0) & ~comp["case"].isin(failed)]
     for c in COMPONENTS:
         g = comp[comp["component"] == c]
         if len(g):
             i = g["p50_ms"].idxmin()
             best[c], best_name[c] = g.loc[i, "p50_ms"], g.loc[i, "case"]
     if len(pipes):
-        best["pipeline"], best_name["pipeline"] = pipes["wall_p50_ms"].min(), pipes["wall_p50_ms"].idxmin()
+        good = pipes[(_count(pipes, "nonfinite_images") == 0) & ~pipes.index.isin(failed)]["wall_p50_ms"].dropna()
+        if len(good):
+            best["pipeline"], best_name["pipeline"] = good.min(), good.idxmin()
     out["best measured"] = pd.Series(best)
     out["best configuration"] = pd.Series(best_name)
     return out
+
+
+def _table_pipelines(df: pd.DataFrame) -> pd.DataFrame:
+    """The pipeline run behind each recipe's figure in the time table, by recipe."""
+    pipes = pipeline_rows(df)
+    return pipes.drop_duplicates("recipe").set_index("recipe") if len(pipes) else pd.DataFrame()
+
+
+def nonfinite_notes(df: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(row, recipe) -> what was NaN or Inf in the run behind that time (a component engine's outputs, a pipeline's
+    timed images), for the cells whose time was measured on them: such a time is no result and never the best."""
+    comp = df[df["group"].isin(COMPONENTS) & (_count(df, "nonfinite_outputs") > 0)]
+    bad = set(comp["case"])
+    pipes = _table_pipelines(df)
+    notes = {}
+    for r in LADDER:
+        for c, b in r.builds.items():
+            if b.id in bad:
+                notes[(c, r.name)] = "NaN/Inf output"
+        n = _count(pipes, "nonfinite_images").get(r.name, 0) if len(pipes) else 0
+        if n > 0:
+            notes[("pipeline", r.name)] = f"NaN/Inf: {n:.0f} of {pipes['images'].get(r.name, float('nan')):.0f} images"
+    return notes
+
+
+def _count(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A count column, 0 where a benchmark did not record it (files from before it was recorded)."""
+    return frame[column].fillna(0) if column in frame else pd.Series(0, index=frame.index)
+
+
+def failing(images: dict[str, str] | None, engines: pd.DataFrame | None) -> frozenset[str]:
+    """The recipes and engine ids whose verdicts failed: an image verdict other than pass (or the reference, or not
+    judged), an engine not passing mark by mark, a recipe building one."""
+    out = {name for name, v in (images or {}).items() if v not in ("pass", "reference", "not judged")}
+    if engines is not None and len(engines):
+        out |= {e for e, s in zip(engines["engine"], engines["status"], strict=True) if s != "pass"}
+        out |= {r.name for r in LADDER if any(b.id in out for b in r.builds.values())}
+    return frozenset(out)
 
 
 def speedups(table: pd.DataFrame) -> pd.DataFrame:
@@ -294,7 +336,7 @@ def against_targets(
     folder), `also` a further report by component (the U-ViT's ceilings), the pipeline stages."""
     from reports.profiles import engine_id
 
-    runs = pipeline_runs(df)
+    runs, nonfinite = pipeline_runs(df), nonfinite_notes(df)
     repeated = df.attrs.get("rebuilds", pd.DataFrame())
     rows = []
     for (name, row), target in TARGETS.items():
@@ -316,7 +358,8 @@ def against_targets(
             "figure": f"{name}: {ROWS[row]}", "ms": ms,
             "spread": f"{low:.3f}-{high:.3f}" if n > 1 else "-", "runs": n,
             "target ms": target, "ms / target": ms / target,
-            "met": verdict(ms, target, n, RUNS_NEEDED[row], images, engines), "images": images or "-",
+            "met": f"no: {nonfinite[row, name]}" if (row, name) in nonfinite else
+                   verdict(ms, target, n, RUNS_NEEDED[row], images, engines), "images": images or "-",
             "accuracy": engines or "-",
             "FLOP floor ms": floors(df, name)[row], "where the time goes": "; ".join(links) or "-",
         })  # fmt: skip
@@ -399,15 +442,20 @@ def to_markdown(
     also: dict | None = None,
     quality: dict | None = None,
     scaling: bool = False,
-    accuracy: dict | None = None,
+    engines: pd.DataFrame | None = None,
 ) -> str:
-    table = speedup_table(df)
+    """`engines`: each engine's accuracy verdict (reports.accuracy.summary), for each recipe's (accuracy_verdicts)."""
+    verdicts = image_verdicts(quality) if quality is not None else None
+    accuracy = accuracy_verdicts(engines) if engines is not None else None
+    table = speedup_table(df, failing(verdicts, engines))
     fmt_ms = table.drop(columns=["best configuration"]).map(lambda v: "-" if pd.isna(v) else f"{v:,.3f}")
     fmt_ms["best configuration"] = table["best configuration"].fillna("-")
-    fmt_ms.index = [ROWS[i] for i in table.index]
     sp = speedups(table).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
+    for (row, name), note in nonfinite_notes(df).items():
+        for formatted in (fmt_ms, sp):
+            formatted.loc[row, name] += f" ({note})"
+    fmt_ms.index = [ROWS[i] for i in table.index]
     sp.index = fmt_ms.index
-    verdicts = image_verdicts(quality) if quality is not None else None
     if verdicts is not None:  # beside every column: the recipe's image verdict (reports/pd.md)
         row = pd.Series({r.name: verdicts[r.name] for r in LADDER})
         fmt_ms.loc["image verdict (pd.md)"] = row.reindex(fmt_ms.columns).fillna("")
@@ -435,7 +483,9 @@ def to_markdown(
         "wall time per image (clip, 50 guided U-ViT steps, decoder, uint8 image on the host), over the seed's protocol "
         "where the recipe ran it, else the quick one (Pipeline stages says which). fp32 engines run strict "
         "IEEE fp32 (TF32 off for matmuls and cuDNN convolutions). Build, compile and capture seconds are recorded in "
-        "the benchmark JSON, never in these times.\n",
+        "the benchmark JSON, never in these times. A time measured on NaN or Inf outputs says so beside it. `best "
+        "measured` is the fastest configuration whose outputs were finite and whose verdicts, where given, did not "
+        "fail (the verdict rows below the table; reports/accuracy.md for an engine outside the recipes).\n",
         "Columns are the recipes of engines/recipes.py, by the name `--recipe` takes:\n\n"
         + "".join(f"- `{r.name}`: {r.label}\n" for r in LADDER),
         "## Time (ms)\n\n" + fmt_ms.to_markdown() + "\n",
@@ -544,7 +594,7 @@ def write_report(
     df, machine = load_runs(paths)
     env = environment_of(machine)
     tables, accuracy_env = load(accuracy) if accuracy else ({}, None)
-    engines = accuracy_verdicts(summary(tables)) if accuracy else None
+    engines = summary(tables) if accuracy else None
     judged = read_result(quality, what=QUALITY_JSON, keys=("comparisons",)) if quality is not None else None
     verdicts = [(Path(accuracy[0]), accuracy_env)] if accuracy else []
     if judged is not None:

@@ -71,6 +71,30 @@ def test_images_with_nan_are_counted():
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_a_component_whose_output_is_nan_fails_its_benchmark_and_its_json_says_so(tmp_path):
+    """A NaN weight in the U-ViT: its component benchmark fails naming the engine, and the time pytest-benchmark
+    keeps of it carries the count of NaN/Inf outputs, which the speed-up report marks."""
+    from reference.checkpoints import load_models, write_checkpoints
+    from reference.configs import ModelConfig
+
+    models = load_models(ModelConfig.from_name("tiny"), seed=0)
+    with torch.no_grad():
+        models.uvit.out_blocks[-1].mlp.fc2.weight[0, 0] = float("nan")
+    weights = write_checkpoints(models, tmp_path / "weights")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "bench/bench_components.py",
+           "--benchmark-only", "--size", "tiny", "--device", "cpu", "--bench-set", "none", "--bench-engine",
+           "uvit/eager/fp32", "--bench-rounds", "1", "--weights", str(weights),
+           "--benchmark-json", str(tmp_path / "bench.json")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "uvit/eager/fp32: 1056 of 1056 output values are NaN/Inf" in proc.stdout, (
+        proc.stdout[-3000:]
+    )
+    (timed,) = json.loads((tmp_path / "bench.json").read_text())["benchmarks"]
+    assert timed["extra_info"]["nonfinite_outputs"] == 1056
+
+
+
+
 def seed_protocol(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """pytorch-fp32 timed by the seed protocol on the first two pairs, tiny, on the CPU, its images in tmp/timed."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "bench/bench_pipeline.py::test_pipeline"

@@ -642,3 +642,56 @@ def test_the_committed_reports_are_made_from_the_committed_data(tmp_path):
     made = speedup.write_report(sorted(data.glob("bench-*.json")), tmp_path / "speedup.md", quality=quality,
                                 accuracy=accuracy)  # fmt: skip
     assert made.read_text() == (here / "speedup.md").read_text()
+
+
+def test_a_time_of_nan_outputs_or_failing_verdicts_is_marked_and_never_the_best(tmp_path):
+    """fast's U-ViT step timed on NaN outputs and fast-fp8's images NaN: each time says so, misses its target and
+    is not the best; with images judged, a recipe whose images fail is not the best pipeline either."""
+    import json
+
+    import pandas as pd
+
+    from engines.recipes import recipe
+    from reports.speedup import against_targets, failing, image_verdicts, load_runs, speedup_table, to_markdown
+
+    fast_uvit = recipe("fast").builds["uvit"].id
+    comps = [{"name": r["name"], "group": r["group"], "stats": {"median": 0.001},
+              "extra_info": {**r, "nonfinite_outputs": 1056 if r.get("case") == fast_uvit else 0}}
+             for r in speedup_rows(fast_uvit_ms=1.0)]  # fmt: skip
+    pipes = [
+        {
+            "name": f"test_pipeline[{r}]",
+            "group": "pipeline",
+            "stats": {"median": ms / 1e3},
+            "extra_info": {
+                "recipe": r,
+                "protocol": "seed",
+                "steps": 50,
+                "wall_p50_ms": ms,
+                "images": 40,
+                "nonfinite_images": bad,
+            },
+        }
+        for r, ms, bad in (("fast", 380.0, 0), ("fast-fp8", 250.0, 3), ("pytorch-fp16-baseline", 900.0, 0))
+    ]
+    path = tmp_path / "bench.json"  # fmt: skip
+    path.write_text(json.dumps({"machine_info": {"unidiffuser": {"date": "2026-12-05"}}, "benchmarks": comps + pipes}))
+    df, _ = load_runs([path])
+    md = to_markdown(df, {}).split("## Speed-up")[0]
+    assert "| 1.000 (NaN/Inf output) " in md and "| 250.000 (NaN/Inf: 3 of 40 images) " in md
+    table = speedup_table(df)
+    assert table.loc["uvit", "best measured"] == 100.0  # the baseline's step, the only finite one
+    assert (table.loc["pipeline", "best measured"], table.loc["pipeline", "best configuration"]) == (380.0, "fast")
+    targets = against_targets(df, table)
+    assert targets.loc["fast: uvit (one guided step)", "met"] == "no: NaN/Inf output"
+    assert targets.loc["fast-fp8: pipeline", "met"] == "no: NaN/Inf: 3 of 40 images"
+    fast_fails = {"comparisons": [{"candidate": "images/fast", "verdict": "FAIL"}]}
+    md = to_markdown(df, {}, quality=fast_fails).split("## Speed-up")[0]
+    best = [line for line in md.splitlines() if line.startswith("| pipeline ")][0]
+    assert best.split("|")[-2].strip() == "pytorch-fp16-baseline"  # fast's images fail, fast-fp8's are NaN
+    engines = pd.DataFrame([(fast_uvit, "FAIL")], columns=["engine", "status"])
+    best = to_markdown(df, {}, engines=engines).split("| pipeline ")[1].split("\n")[0]
+    assert best.split("|")[-2].strip() == "pytorch-fp16-baseline"  # an engine of fast fails mark by mark
+    decoder = pd.DataFrame([(recipe("fast").builds["decoder"].id, "FAIL")], columns=["engine", "status"])
+    assert speedup_table(df, failing(None, decoder)).loc["decoder", "best measured"] == 50.0  # not fast's 5.0
+    assert image_verdicts(fast_fails)["fast"] == "FAIL"
