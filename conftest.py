@@ -73,6 +73,23 @@ def _recipes(text: str) -> list[str]:
     return items
 
 
+def _fault(text: str):
+    """KIND@MARK (engines/faults.py), MARK a mark name or a component for the component itself: the fault and the
+    component whose engines take it."""
+    from engines.faults import Fault
+    from engines.spec import COMPONENTS
+
+    kind, at, mark = text.partition("@")
+    component = mark.split(".")[0]
+    if not at or component not in COMPONENTS:
+        raise argparse.ArgumentTypeError(f"expected KIND@MARK with MARK a mark of {'/'.join(COMPONENTS)} (e.g. "
+                                         f"heads@uvit.mid_block.attn, guidance0@uvit), got {text!r}")  # fmt: skip
+    try:
+        return component, Fault(kind, "" if mark == component else mark)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -107,6 +124,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="the accuracy suite's engines: the matrix of --backends x --precisions x --cuda-graphs, or "
                      "every engine of the speed-up table's columns and recipes (engines/recipes.py). "
                      "Default: %(default)r")  # fmt: skip
+    g.addoption("--fault", metavar="KIND@MARK", default=None, type=_fault,
+                help="the accuracy suite on a broken engine, to see it fail: every engine of MARK's component is built "
+                     "with this fault injected (engines/faults.py), e.g. heads@uvit.mid_block.attn; the suite must "
+                     "fail and name the mark after it; results and report say which fault. Default: none")  # fmt: skip
     g.addoption("--results-dir", metavar="DIR", default="results", type=Path,
                 help="where raw results (JSON) are written. Default: %(default)r")  # fmt: skip
     g.addoption("--accuracy-report", metavar="PATH", default=None, type=Path,
@@ -311,10 +332,13 @@ def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict
 
 
 @pytest.fixture(scope="session")
-def env_info(models, run_matrix: Matrix) -> dict[str, str]:
+def env_info(models, run_matrix: Matrix, pytestconfig: pytest.Config) -> dict[str, str]:
     from bench.environment import environment
 
-    return environment(weights=models.weights, size=run_matrix.size)
+    injected = pytestconfig.getoption("--fault")
+    return environment(weights=models.weights, size=run_matrix.size) | (
+        {"fault": f"{injected[1].label} (injected by --fault)"} if injected else {}
+    )
 
 
 class ResultLog:

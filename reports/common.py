@@ -13,7 +13,7 @@ ACCURACY_JSON = "an accuracy result (results/*-accuracy-*.json from `pytest refe
 QUALITY_JSON = "an image-quality result (`python -m bench quality`, results/quality.json)"
 
 # what must agree for result files to be read as one run's: the code, the machine, the weights
-SAME_RUN = ("commit", "gpu", "torch", "weights", "size")
+SAME_RUN = ("commit", "gpu", "torch", "weights", "size", "fault")  # a run on a faulty engine (--fault) is its own
 
 
 def check_one_run(envs: list[tuple[Path, dict]], *, fix: str = "make each report from one run's files") -> None:

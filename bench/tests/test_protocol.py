@@ -93,8 +93,6 @@ def test_a_component_whose_output_is_nan_fails_its_benchmark_and_its_json_says_s
     assert timed["extra_info"]["nonfinite_outputs"] == 1056
 
 
-
-
 def seed_protocol(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """pytorch-fp32 timed by the seed protocol on the first two pairs, tiny, on the CPU, its images in tmp/timed."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "bench/bench_pipeline.py::test_pipeline"

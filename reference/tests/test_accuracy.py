@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from engines import BackendUnavailable, build_engine
+from engines.faults import FaultDoesNotApply
 from reference.compare import (
     RunResult,
     end_to_end,
@@ -41,7 +42,22 @@ class EngineRuns:
 
 
 @pytest.fixture(scope="session")
-def engine_runs(models, references):
+def build(models, pytestconfig):
+    """(spec, **kw) -> the engine, with `--fault` injected where it is given for the spec's component."""
+    component, fault = pytestconfig.getoption("--fault") or (None, None)
+
+    def make(spec, **kw):
+        try:
+            return build_engine(spec.component, models, **spec.kwargs(), **kw,
+                                **({"fault": fault} if spec.component == component else {}))  # fmt: skip
+        except FaultDoesNotApply as e:
+            pytest.skip(f"--fault {fault.label} does not apply to {spec.id}: {e}")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def engine_runs(build, references):
     """spec -> its marked engine's two runs; one spec held at a time (tests are grouped by engine: conftest)."""
     held: dict[object, EngineRuns] = {}
 
@@ -50,7 +66,7 @@ def engine_runs(models, references):
             held.clear()
             marks = references(spec.component).marks
             try:
-                engine = build(models, spec, marks=marks)
+                engine = build(spec, marks=marks)
             except BackendUnavailable as e:
                 pytest.skip(str(e))
             inputs = references(spec.component).inputs
@@ -61,10 +77,6 @@ def engine_runs(models, references):
         return held[spec]
 
     return get
-
-
-def build(models, spec, **kw):
-    return build_engine(spec.component, models, **spec.kwargs(), **kw)
 
 
 def test_engine_matches_reference(engine_spec, references, engine_runs, accuracy_log, activation_stats):
@@ -120,7 +132,7 @@ def test_engine_matches_reference(engine_spec, references, engine_runs, accuracy
         )
 
 
-def test_marks_do_not_perturb(engine_spec, models, references, engine_runs, accuracy_log):
+def test_marks_do_not_perturb(engine_spec, build, references, engine_runs, accuracy_log):
     """The engine built without marks computes what the marked one did, to its own run-to-run noise or below the
     precision's floor (the finest difference any bound resolves). Marking can change what a compiler fuses or which
     kernels it picks: at fp16 two such programs round differently (by about the precision's own error), and then
@@ -128,7 +140,7 @@ def test_marks_do_not_perturb(engine_spec, models, references, engine_runs, accu
     bound of that mark. The report shows both numbers per engine."""
     spec = engine_spec
     runs = engine_runs(spec)
-    with build(models, spec) as unmarked:
+    with build(spec) as unmarked:
         output = unmarked(**references(spec.component).inputs)["output"]
     marked = runs.first.outputs["output"]
     noise, moved = rel_l2(runs.second_output, marked), rel_l2(output, marked)
@@ -151,7 +163,7 @@ def test_marks_do_not_perturb(engine_spec, models, references, engine_runs, accu
         )
 
 
-def test_fp8_linears_match_their_emulation(engine_spec, models, references, accuracy_log):
+def test_fp8_linears_match_their_emulation(engine_spec, build, references, accuracy_log):
     """Each FP8 linear against the emulation of its recipe (reference/approximations.py) on the very input it was
     given: as tight as its fp16 output allows. Whole-network marks cannot be this tight at fp8: a rounding difference
     anywhere flips some e4m3 roundings after it, and the flips cascade to about one e4m3 step within a few linears."""
@@ -161,7 +173,7 @@ def test_fp8_linears_match_their_emulation(engine_spec, models, references, accu
     ref = references(spec.component)
     paths = fp8_linears(ref.module)
     try:
-        engine = build(models, spec, marks=fp8_marks(paths))
+        engine = build(spec, marks=fp8_marks(paths))
     except BackendUnavailable as e:
         pytest.skip(str(e))
     with engine:

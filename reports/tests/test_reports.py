@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -695,3 +696,24 @@ def test_a_time_of_nan_outputs_or_failing_verdicts_is_marked_and_never_the_best(
     decoder = pd.DataFrame([(recipe("fast").builds["decoder"].id, "FAIL")], columns=["engine", "status"])
     assert speedup_table(df, failing(None, decoder)).loc["decoder", "best measured"] == 50.0  # not fast's 5.0
     assert image_verdicts(fast_fails)["fast"] == "FAIL"
+
+
+def test_the_suite_on_a_faulty_engine_fails_and_its_report_names_the_mark(accuracy_results, tmp_path):
+    """`pytest reference --fault`: CLIP's second layer with two heads swapped. The suite fails naming the mark after
+    it, the report's summary says FAIL there, and its header names the fault; a malformed fault is a usage error."""
+    fault, name = "heads@clip.encoder.layers.1.self_attn", "clip/eager/fp32+fault=heads@clip.encoder.layers.1.self_attn"
+    proc = run_suite("reference/tests/test_accuracy.py", tmp_path, "-k", "clip/eager/fp32", "--fault", fault)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "first mark outside its bound is 'clip.encoder.layers.1.layer_norm2'" in proc.stdout
+    tables, env = load(sorted(tmp_path.glob("accuracy-*.json")))
+    s = summary(tables).set_index("engine")
+    assert (s.loc[name, "status"], s.loc[name, "first failing mark"]) == ("FAIL", "clip.encoder.layers.1.layer_norm2")
+    assert env["fault"] == f"{fault} (injected by --fault)"
+    md = (tmp_path / "accuracy.md").read_text()
+    assert f"| {fault} (injected by --fault) |" in md
+    assert re.search(rf"\| {re.escape(name)} +\| fp32 +\| - +\| FAIL +\| clip\.encoder\.layers\.1\.layer_norm2 ", md)
+    with pytest.raises(ValueError, match="different runs \\(fault: "):  # never merged with a clean run
+        load(sorted(tmp_path.glob("accuracy-*.json")) + sorted(accuracy_results.glob("accuracy-*.json")))
+    for bad, says in (("heads", "expected KIND@MARK"), ("swap@clip.encoder", "unknown fault 'swap'")):
+        proc = run_suite("reference/tests/test_accuracy.py", tmp_path / "bad", "--fault", bad)
+        assert proc.returncode == 4 and says in proc.stderr, proc.stderr
