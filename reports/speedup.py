@@ -201,7 +201,7 @@ def failing(images: dict[str, str] | None, engines: pd.DataFrame | None) -> froz
     out = {name for name, v in (images or {}).items() if v not in ("pass", "reference", "not judged")}
     if engines is not None and len(engines):
         out |= {e for e, s in zip(engines["engine"], engines["status"], strict=True) if s != "pass"}
-        out |= {r.name for r in LADDER if any(b.id in out for b in r.builds.values())}
+        out |= {r for r, v in accuracy_verdicts(engines).items() if v != "pass" and not v.startswith("not judged")}
     return frozenset(out)
 
 
