@@ -71,7 +71,8 @@ def tables(data: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
                  columns=[m for m in METRICS if m in set(per_image.columns.get_level_values(1))])  # fmt: skip
     means = per_image.mean().unstack().reindex(**order)
     maxima = per_image.max().unstack().reindex(**order)
-    means["max pd" if "pd" in means else "max mean_abs_px"] = maxima["pd" if "pd" in maxima else "mean_abs_px"]
+    if worst := next((m for m in ("pd", "mean_abs_px") if m in maxima), None):  # none where every image was refused
+        means[f"max {worst}"] = maxima[worst]
     return per_image, means
 
 
@@ -142,8 +143,12 @@ def to_markdown(data: dict, images: list[str]) -> str:
     parts.append("## Verdicts\n\nA recipe passes when every threshold holds over its images (reference/tolerances.py, "
                  "IMAGE_THRESHOLDS, where each is argued); a threshold not computed leaves it incomplete.\n\n"
                  + verdicts(data).to_markdown(index=False) + "\n")  # fmt: skip
-    parts.append("## Means per engine\n\n" + fmt(means).to_markdown() + "\n")
-    parts.append("## Per (prompt, seed)\n\n" + fmt(per_image).to_markdown() + "\n")
+    if means.columns.empty:
+        parts.append("## Measurements\n\nNone: every engine here refused every image (NaN/Inf), so there is nothing to "
+                     "measure; the verdicts above say so.\n")  # fmt: skip
+    else:
+        parts.append("## Means per engine\n\n" + fmt(means).to_markdown() + "\n")
+        parts.append("## Per (prompt, seed)\n\n" + fmt(per_image).to_markdown() + "\n")
     parts += [f"## {png}\n\n![reference | engine | 4x difference]({png})\n" for png in images]
     return "\n".join(parts)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -280,6 +281,10 @@ def test_a_recipe_whose_every_image_was_refused_is_reported_failing_under_the_im
     md = write_report([out], tmp_path / "pd.md").read_text()
     assert "NVIDIA H200" in md and "| nan " in md and (tmp_path / "pd-ok.png").is_file()
     assert not (tmp_path / "pd-nan.png").exists()
+    # a group of recipes that refused every image, scored on its own (a run made in parts), is still a report
+    alone = quality(reference=ref, candidates=[nan], out=tmp_path / "q-nan.json", pixels=[pixels], device="cpu")
+    md = write_report([alone], tmp_path / "pd-nan-alone.md").read_text()
+    assert re.search(r"\|\s*nan \| FAIL ", md) and "refused every image" in md and "## Means" not in md
 
 
 def test_the_report_lists_recipes_in_the_ladders_order_whatever_order_they_were_scored_in(tmp_path):
