@@ -383,6 +383,14 @@ def pipeline_runs(df: pd.DataFrame) -> dict[str, tuple[int, float, float]]:
 BUILD_TARGETS = {"fresh": 90.0, "warm": 10.0}  # issue 26: seconds to build every engine of a fast recipe, H200
 BUILDS_NEEDED = 3  # runs of a build, each in new processes, for a build target to be met
 PHASE = "phase_"  # a build's compile phases (bench.build.PHASES)
+BUILD_COLUMNS = {  # the build table's columns that newer runs record, and what they mean
+    "python_bytecode": "`python_bytecode`: where the process kept Python's compiled modules (the cache folder: a fresh "
+    "run compiles torch's sources, a warm one reads them; bench/build.py, `process_env`). ",
+    PHASE: "`phase_*`: where the process's compiles went, summed over its graphs (torch._dynamo.utils.compile_times; "
+    "bench/build.py, `PHASES`): dynamo tracing the Python (`trace`) and building guards (`guards`), which every build "
+    "pays whatever its caches hold, and the backend, AOTAutograd and Inductor (`backend`), of which loading the graphs "
+    "compiled before (`cache_load`, warm caches only). ",
+}
 
 
 def profile_list(profiles: dict[str, str]) -> pd.DataFrame:
@@ -540,13 +548,10 @@ def to_markdown(
             "new process (`python -m bench build`), first with empty Inductor/Triton caches, then on the caches that "
             "run filled. `build_s` is all engines, model construction excluded; the per-engine columns say where it "
             "went (a sampler's `step_*` is its U-ViT step). fxgraph hits and misses: the compiled graphs served from "
-            "the cache, and compiled anew. `python_bytecode`: where the process kept Python's compiled modules (the "
-            "cache folder: a fresh run compiles torch's sources, a warm one reads them; bench/build.py, "
-            "`process_env`). `phase_*`: where the process's compiles went, summed over its graphs "
-            "(torch._dynamo.utils.compile_times; bench/build.py, `PHASES`): dynamo tracing the Python (`trace`) and "
-            "building guards (`guards`), which every build pays whatever its caches hold, and the backend, AOTAutograd "
-            "and Inductor (`backend`), of which loading the graphs compiled before (`cache_load`, warm caches only). "
-            "Every run given is listed, each with its file: the host's CPU, which differs from machine to machine, "
+            "the cache, and compiled anew. "
+            # what older runs did not record has no column, and no words
+            + "".join(text for column, text in BUILD_COLUMNS.items() if any(c.startswith(column) for c in caches))
+            + "Every run given is listed, each with its file: the host's CPU, which differs from machine to machine, "
             "sets much of a build's time.\n\n"
             + caches.map(lambda v: "-" if pd.isna(v) else v).to_markdown(floatfmt=".1f")
             + "\n"

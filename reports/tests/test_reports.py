@@ -233,13 +233,13 @@ def test_an_engine_timed_in_several_builds_shows_their_spread_and_median(tmp_pat
 def test_every_build_run_is_listed_with_its_file(tmp_path):
     import json
 
-    from reports.speedup import build_from_caches, load_runs
+    from reports.speedup import build_from_caches, load_runs, write_report
 
-    def run(name: str, warm_s: float) -> Path:
+    def run(name: str, warm_s: float, **newer) -> Path:
         benchmarks = [
             {"name": f"test_build[fast-{c}]", "group": "build", "stats": {"median": s},
              "extra_info": {"recipe": "fast", "caches": c, "build_s": s, "fxgraph_cache_hit": int(c == "warm"),
-                            "fxgraph_cache_miss": int(c == "fresh")}}
+                            "fxgraph_cache_miss": int(c == "fresh"), **newer}}
             for c, s in (("fresh", 80.0), ("warm", warm_s))
         ]  # fmt: skip
         path = tmp_path / f"{name}.json"
@@ -253,6 +253,11 @@ def test_every_build_run_is_listed_with_its_file(tmp_path):
                                  "fast, fresh caches (two.json)", "fast, warm caches (two.json)"]  # fmt: skip
     assert list(table["met"]) == ["yes", "yes"] * 3  # the warm median, 9.0 s, beats 10 s whatever one run's 16.5 s
     assert len(build_from_caches(df)) == 2  # the merged rows keep the last run of each
+    # a column is explained where the runs recorded it, and only there
+    old = write_report([run("old", 9.0)], tmp_path / "old.md").read_text()
+    assert "Every run given is listed" in old and "`phase_*`" not in old and "`python_bytecode`" not in old
+    new = write_report([run("new", 9.0, phase_trace_s=2.0)], tmp_path / "new.md").read_text()
+    assert "`phase_*`: where the process's compiles went" in new and "`python_bytecode`" not in new
 
 
 def test_the_same_benchmark_files_in_any_order_give_the_same_report(tmp_path):
